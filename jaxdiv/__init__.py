@@ -1,0 +1,1 @@
+"""jaxdiv: divergences and distillation objectives in JAX."""

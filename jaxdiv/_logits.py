@@ -1,0 +1,105 @@
+"""From (student, teacher) logits to safe log-probabilities: the shared front end of every loss.
+
+``log_probs`` implements API.md §1 once: dtype/shape/axis checks, the float32-at-least compute
+dtype, the temperature, and the ``where`` mask with the double-``where`` rule (masked rows and
+masked classes are replaced *before* the softmax, so NaN/-inf there never reaches values or
+gradients). Per-row divergences then only see ``[..., V]`` log-probabilities whose zero
+probabilities are exactly ``-inf``, and ``finish`` zeroes the masked rows of the result.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxdiv import _checks
+
+
+class LogProbs(NamedTuple):
+    """Log-probabilities on the last axis, in the compute dtype."""
+
+    student: jax.Array  # [..., V] log p_s (-inf where p_s = 0)
+    teacher: jax.Array  # [..., V] log p_t
+    row_mask: jax.Array | None  # [...] bool, False for rows that must give exactly 0
+
+
+def split_where(where, shape: tuple[int, ...], axis: int):
+    """Splits a ``where`` mask into (row_mask [...], class_mask [..., V]) with ``axis`` last."""
+    if where is None:
+        return None, None
+    where = jnp.asarray(where)
+    if where.dtype != jnp.bool_:
+        raise TypeError(f"`where` must be a boolean mask, got dtype {where.dtype}.")
+    row_shape = shape[:axis] + shape[axis + 1 :]
+    if where.shape == shape:
+        return None, jnp.moveaxis(where, axis, -1)
+    if where.shape == row_shape:
+        return where, None
+    raise ValueError(
+        f"`where` must have shape {row_shape} (per row) or {shape} (per class), got {where.shape}."
+    )
+
+
+def log_probs(
+    student_logits, teacher_logits, *, temperature=1.0, axis: int = -1, where=None
+) -> LogProbs:
+    """Checks the inputs and returns masked, tempered log-softmaxes with ``axis`` moved last."""
+    s = _checks.float_array(student_logits, "student_logits")
+    t = _checks.float_array(teacher_logits, "teacher_logits")
+    _checks.same_shape(s, t, ("student_logits", "teacher_logits"))
+    _checks.min_rank(s, 1, "student_logits", "[..., V]")
+    axis = _checks.canonical_axis(axis, s.ndim)
+    _checks.positive(temperature, "temperature")
+    row_mask, class_mask = split_where(where, s.shape, axis)
+
+    dtype = _checks.compute_dtype(s, t)
+    s = jnp.moveaxis(s.astype(dtype), axis, -1)
+    t = jnp.moveaxis(t.astype(dtype), axis, -1)
+    if class_mask is not None:
+        # Removing classes = slicing them out of both arrays: they get probability 0.
+        s = jnp.where(class_mask, s, -jnp.inf)
+        t = jnp.where(class_mask, t, -jnp.inf)
+        row_mask = jnp.any(class_mask, axis=-1)
+    if row_mask is not None:
+        # First `where`: masked rows become harmless zeros before any log/exp.
+        s = jnp.where(row_mask[..., None], s, 0.0)
+        t = jnp.where(row_mask[..., None], t, 0.0)
+    temperature = jnp.asarray(temperature, dtype)
+    return LogProbs(
+        jax.nn.log_softmax(s / temperature, axis=-1),
+        jax.nn.log_softmax(t / temperature, axis=-1),
+        row_mask,
+    )
+
+
+def finish(values: jax.Array, row_mask: jax.Array | None) -> jax.Array:
+    """Second `where`: masked rows give exactly 0."""
+    if row_mask is None:
+        return values
+    return jnp.where(row_mask, values, 0.0)
+
+
+def kl(log_p: jax.Array, log_q: jax.Array) -> jax.Array:
+    r"""Row-wise :math:`\mathrm{KL}(p\|q) = \sum_v p_v(\log p_v - \log q_v)` on the last axis.
+
+    Classes with :math:`p_v = 0` contribute 0 (with finite gradients for both arguments);
+    classes with :math:`p_v > 0 = q_v` make the row :math:`+\infty`.
+    """
+    p_pos = log_p > -jnp.inf
+    safe_lp = jnp.where(p_pos, log_p, 0.0)
+    safe_lq = jnp.where(p_pos, log_q, 0.0)
+    q_zero = safe_lq == -jnp.inf
+    term = jnp.exp(safe_lp) * (safe_lp - jnp.where(q_zero, 0.0, safe_lq))
+    term = jnp.where(q_zero, jnp.inf, term)
+    return jnp.sum(jnp.where(p_pos, term, 0.0), axis=-1)
+
+
+def weighted_expm1(log_w: jax.Array, x: jax.Array) -> jax.Array:
+    r""":math:`w\,(e^{x} - 1)` for :math:`w = e^{\log w}`, exact near :math:`x = 0` and free of
+    :math:`0\cdot\infty` when :math:`w` underflows while :math:`e^{x}` overflows."""
+    pos = x > 0
+    x_pos = jnp.where(pos, x, 1.0)
+    # For x > 0: w (e^x - 1) = exp(log w + x + log(1 - e^{-x})).
+    big = jnp.exp(log_w + x_pos + jnp.log(-jnp.expm1(-x_pos)))
+    small = jnp.exp(log_w) * jnp.expm1(jnp.where(pos, 0.0, x))
+    return jnp.where(pos, big, small)

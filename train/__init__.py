@@ -1,0 +1,1 @@
+"""jaxdiv.train: sharded training and distillation (mesh, steps, checkpoints, CLI); see API.md §4."""
