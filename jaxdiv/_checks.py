@@ -48,7 +48,9 @@ def canonical_axis(axis: int, ndim: int) -> int:
     if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
         raise ValueError(f"`axis` must be an int, got {axis!r}.")
     if not -ndim <= axis < ndim:
-        raise ValueError(f"`axis` must be in [-{ndim}, {ndim}) for inputs of rank {ndim}, got {axis}.")
+        raise ValueError(
+            f"`axis` must be in [-{ndim}, {ndim}) for inputs of rank {ndim}, got {axis}."
+        )
     return int(axis) % ndim
 
 
