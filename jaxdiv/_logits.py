@@ -65,11 +65,13 @@ def log_probs(
         s = jnp.where(row_mask[..., None], s, 0.0)
         t = jnp.where(row_mask[..., None], t, 0.0)
     temperature = jnp.asarray(temperature, dtype)
-    return LogProbs(
-        jax.nn.log_softmax(s / temperature, axis=-1),
-        jax.nn.log_softmax(t / temperature, axis=-1),
-        row_mask,
-    )
+    return LogProbs(_log_softmax(s / temperature), _log_softmax(t / temperature), row_mask)
+
+
+def _log_softmax(x: jax.Array) -> jax.Array:
+    # x − logsumexp(x): XLA fuses this into its consumers better than jax.nn.log_softmax
+    # (one full-size temporary fewer in value + gradient, measured in benchmarks/bench_losses).
+    return x - jax.nn.logsumexp(x, axis=-1, keepdims=True)
 
 
 def finish(values: jax.Array, row_mask: jax.Array | None) -> jax.Array:
@@ -82,16 +84,15 @@ def finish(values: jax.Array, row_mask: jax.Array | None) -> jax.Array:
 def kl(log_p: jax.Array, log_q: jax.Array) -> jax.Array:
     r"""Row-wise :math:`\mathrm{KL}(p\|q) = \sum_v p_v(\log p_v - \log q_v)` on the last axis.
 
-    Classes with :math:`p_v = 0` contribute 0 (with finite gradients for both arguments);
-    classes with :math:`p_v > 0 = q_v` make the row :math:`+\infty`.
+    Classes with :math:`p_v = 0` contribute 0 with finite gradients for both arguments (the
+    only non-finite intermediate, ``-inf - -inf``, has constant derivatives and is selected
+    away); classes with :math:`p_v > 0 = q_v` make the row :math:`+\infty`, also when
+    :math:`p_v` underflows to 0 (no :math:`0\cdot\infty`).
     """
     p_pos = log_p > -jnp.inf
-    safe_lp = jnp.where(p_pos, log_p, 0.0)
-    safe_lq = jnp.where(p_pos, log_q, 0.0)
-    q_zero = safe_lq == -jnp.inf
-    term = jnp.exp(safe_lp) * (safe_lp - jnp.where(q_zero, 0.0, safe_lq))
-    term = jnp.where(q_zero, jnp.inf, term)
-    return jnp.sum(jnp.where(p_pos, term, 0.0), axis=-1)
+    diff = jnp.where(p_pos, log_p - log_q, 0.0)
+    term = jnp.where(diff == jnp.inf, jnp.inf, jnp.exp(log_p) * diff)
+    return jnp.sum(term, axis=-1)
 
 
 def weighted_expm1(log_w: jax.Array, x: jax.Array) -> jax.Array:
