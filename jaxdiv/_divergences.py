@@ -141,7 +141,8 @@ def generalized_jsd(
 
     def interior(beta):
         log_m = _log_mixture(lp.teacher, lp.student, beta)
-        return beta * kl(lp.teacher, log_m) + (1.0 - beta) * kl(lp.student, log_m)
+        value = beta * kl(lp.teacher, log_m) + (1.0 - beta) * kl(lp.student, log_m)
+        return jnp.maximum(value, 0.0)  # rounding in log m can leave -1e-8 at p_s = p_t
 
     if b is not None:
         return finish(interior(jnp.asarray(b, lp.student.dtype)), lp.row_mask)
@@ -446,7 +447,7 @@ def alpha_divergence(
         value = around_student() if a_value < 0.5 else around_teacher()
     else:
         value = jnp.where(a < 0.5, around_student(), around_teacher())
-    return finish(value, lp.row_mask)
+    return finish(jnp.maximum(value, 0.0), lp.row_mask)  # no -1e-8 from rounding
 
 
 def f_divergence(
