@@ -1,0 +1,45 @@
+"""Packaging contract and the docstring examples of every public module."""
+
+import doctest
+import importlib
+import pkgutil
+import subprocess
+import sys
+
+import pytest
+
+import jaxdiv
+
+
+def _modules():
+    names = []
+    for package in ("jaxdiv", "jaxdiv.models", "jaxdiv.train"):
+        pkg = importlib.import_module(package)
+        names.append(package)
+        names += [m.name for m in pkgutil.walk_packages(pkg.__path__, package + ".")]
+    return [n for n in names if not n.endswith("__main__")]
+
+
+@pytest.mark.parametrize("module_name", _modules())
+def test_docstring_examples(module_name):
+    module = importlib.import_module(module_name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0, f"{result.failed} doctest(s) failed in {module_name}"
+
+
+def test_import_names(tmp_path):
+    """`jaxdiv.models` and `jaxdiv.train` import; `models` and `train` never do."""
+    code = (
+        "import importlib.util, jaxdiv, jaxdiv.models, jaxdiv.train\n"
+        "assert importlib.util.find_spec('models') is None, 'models is importable'\n"
+        "assert importlib.util.find_spec('train') is None, 'train is importable'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)
+
+
+def test_main_demo_prints_every_divergence(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "jaxdiv"], cwd=tmp_path, check=True, capture_output=True, text=True
+    ).stdout
+    for name in jaxdiv.names():
+        assert f"| {name} |" in out
