@@ -13,6 +13,7 @@ import jaxdiv
 HYPERPARAMETERS = {
     "alpha_divergence": {"alpha": 0.5},
     "f_divergence": {"f": lambda u: jnp.square(u - 1.0)},  # Pearson chi², as an example f
+    "top_k_kl": {"k": 8},
 }
 
 
@@ -22,12 +23,16 @@ def example_logits() -> tuple[jnp.ndarray, jnp.ndarray, list[str]]:
     bump = lambda mu, sd: -0.5 * jnp.square((x - mu) / sd) - jnp.log(sd)
     teacher = jnp.logaddexp(bump(-2.0, 0.6), bump(2.0, 0.6))
     students = jnp.stack([teacher, bump(0.0, 2.2), bump(2.0, 0.6), jnp.zeros_like(x)])
-    return students, jnp.broadcast_to(teacher, students.shape), [
-        "= teacher",
-        "broad (covers both)",
-        "one mode",
-        "uniform",
-    ]
+    return (
+        students,
+        jnp.broadcast_to(teacher, students.shape),
+        [
+            "= teacher",
+            "broad (covers both)",
+            "one mode",
+            "uniform",
+        ],
+    )
 
 
 def main() -> None:

@@ -91,7 +91,10 @@ def kl(log_p: jax.Array, log_q: jax.Array) -> jax.Array:
     """
     p_pos = log_p > -jnp.inf
     diff = jnp.where(p_pos, log_p - log_q, 0.0)
-    term = jnp.where(diff == jnp.inf, jnp.inf, jnp.exp(log_p) * diff)
+    infinite = diff == jnp.inf
+    # inf is kept out of the product too, so an infinite row has finite gradients where its
+    # cotangent is 0 (e.g. a row that a later mask drops).
+    term = jnp.where(infinite, jnp.inf, jnp.exp(log_p) * jnp.where(infinite, 0.0, diff))
     return jnp.sum(term, axis=-1)
 
 

@@ -2,7 +2,7 @@
 
 from collections.abc import Callable
 
-from jaxdiv import _divergences
+from jaxdiv import _bd_kd, _distillation, _divergences
 
 _REGISTRY: dict[str, Callable] = {
     fn.__name__: fn
@@ -19,6 +19,8 @@ _REGISTRY: dict[str, Callable] = {
         _divergences.alpha_divergence,
         _divergences.f_divergence,
         _divergences.hinton_kd,
+        _distillation.top_k_kl,
+        _bd_kd.bd_kd,
     )
 }
 
