@@ -38,6 +38,11 @@ def decay_mask(state: nnx.State) -> nnx.State:
     )
 
 
+def _lead(v: jax.Array, ndim: int) -> jax.Array:
+    """``v [F]`` as ``[1, ..., 1, F]`` of rank ``ndim`` (explicit: no implicit rank promotion)."""
+    return v.reshape((1,) * (ndim - 1) + v.shape)
+
+
 class Linear(nnx.Module):
     """``y = x W (+ b)`` with logical axes on ``W [in, out]``; compute in ``dtype``."""
 
@@ -67,7 +72,7 @@ class Linear(nnx.Module):
         dtype = self.dtype or jnp.result_type(x, self.kernel[...])
         y = jnp.dot(x.astype(dtype), self.kernel[...].astype(dtype))  # [..., out]
         if self.bias is not None:
-            y = y + self.bias[...].astype(dtype)
+            y = y + _lead(self.bias[...].astype(dtype), y.ndim)
         return y
 
 
@@ -90,7 +95,9 @@ class RMSNorm(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         x32 = x.astype(jnp.float32)
         y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
-        return (y * self.scale[...].astype(jnp.float32)).astype(self.dtype or x.dtype)
+        return (y * _lead(self.scale[...].astype(jnp.float32), y.ndim)).astype(
+            self.dtype or x.dtype
+        )
 
 
 class MLP(nnx.Module):
