@@ -13,6 +13,14 @@ import pytest  # noqa: E402
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
+@pytest.fixture(autouse=True)
+def _fresh_trace_counter():
+    """`chex.assert_max_traces` counts per function name: start every test from zero."""
+    import chex
+
+    chex.clear_trace_counter()
+
+
 @pytest.fixture
 def rng():
     """A fresh JAX PRNG key for each test."""

@@ -1,0 +1,327 @@
+"""Language model and sequence classifier over any mix of mixer blocks (hybrids included).
+
+# B batch, L length, D model width, V vocab, C classes
+
+A layer is pre-norm residual: ``x = x + mixer(norm(x))``, then, for every mixer but Mamba
+(whose block has no MLP in the paper), ``x = x + mlp(norm(x))``. The stack is embedding →
+layers → final RMSNorm → LM head (tied to the embedding by default).
+"""
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxdiv.models.attention_blocks import AttentionBlock, LightNetBlock, LinearAttentionBlock
+from jaxdiv.models.common import MLP, Linear, RMSNorm, logical_param
+from jaxdiv.models.mamba import MambaBlock
+from jaxdiv.models.s4 import S4Block
+
+
+def _mixer_factories() -> dict[str, Callable]:
+    """Mixer name -> (config, d_model, dtype kwargs) -> block."""
+    return {
+        "s4": lambda c, kw: S4Block(c.d_model, d_state=c.s4_state, mode="dplr", **kw),
+        "s4d": lambda c, kw: S4Block(c.d_model, d_state=c.s4_state, mode="diag", init="lin", **kw),
+        "mamba": lambda c, kw: MambaBlock(
+            c.d_model, d_state=c.d_state, d_conv=c.d_conv, expand=c.expand, **kw
+        ),
+        "lightnet": lambda c, kw: LightNetBlock(c.d_model, num_heads=c.heads(), **kw),
+        "linear_attention": lambda c, kw: LinearAttentionBlock(
+            c.d_model, num_heads=c.heads(), chunk_size=c.chunk_size, **kw
+        ),
+        "attention": lambda c, kw: AttentionBlock(c.d_model, num_heads=c.heads(), **kw),
+    }
+
+
+MIXERS = tuple(sorted(_mixer_factories()))
+
+
+@dataclasses.dataclass(frozen=True)
+class LMConfig:
+    """The model's own configuration (not the training configuration).
+
+    ``mixer`` is one name of :data:`MIXERS` or a tuple of ``n_layers`` names (hybrids, e.g.
+    ``("mamba", "mamba", "attention")``). ``num_heads=None`` picks the largest divisor of
+    ``d_model`` up to ``d_model // 64`` as the number of heads of the attention-family
+    mixers. ``dtype`` is the compute dtype, ``param_dtype``
+    the storage dtype (SSM-sensitive parameters always stay float32).
+
+    Examples:
+        >>> from jaxdiv.models import LMConfig
+        >>> LMConfig(vocab_size=17, d_model=16, n_layers=2, mixer=("mamba", "attention")).mixers
+        ('mamba', 'attention')
+    """
+
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    mixer: str | tuple[str, ...] = "mamba"
+    num_heads: int | None = None
+    mlp_ratio: float = 4.0
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    s4_state: int = 64
+    chunk_size: int = 64
+    tie_embeddings: bool = True
+    norm_eps: float = 1e-6
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    def __post_init__(self):
+        for name in ("vocab_size", "d_model", "n_layers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"LMConfig.{name} must be a positive int, got {value!r}.")
+        if isinstance(self.mixer, list):
+            object.__setattr__(self, "mixer", tuple(self.mixer))
+        if not isinstance(self.mixer, str) and len(self.mixer) != self.n_layers:
+            raise ValueError(
+                f"LMConfig.mixer must be one name or n_layers={self.n_layers} names, "
+                f"got {len(self.mixer)}: {self.mixer}."
+            )
+        unknown = sorted(set(self.mixers) - set(MIXERS))
+        if unknown:
+            raise ValueError(f"Unknown mixer(s) {unknown}; expected names from {list(MIXERS)}.")
+        if self.d_model % self.heads():
+            raise ValueError(
+                f"LMConfig.d_model={self.d_model} must be divisible by num_heads={self.heads()}."
+            )
+        for name in ("dtype", "param_dtype"):
+            try:
+                jnp.dtype(getattr(self, name))
+            except TypeError:
+                raise ValueError(
+                    f"LMConfig.{name} must name a dtype, got {getattr(self, name)!r}."
+                ) from None
+
+    @property
+    def mixers(self) -> tuple[str, ...]:
+        """The mixer name of each layer."""
+        return (self.mixer,) * self.n_layers if isinstance(self.mixer, str) else self.mixer
+
+    def heads(self) -> int:
+        """``num_heads``, or the largest divisor of d_model that is at most d_model // 64."""
+        if self.num_heads:
+            return self.num_heads
+        target = max(1, self.d_model // 64)
+        return max(h for h in range(1, target + 1) if self.d_model % h == 0)
+
+
+class Layer(nnx.Module):
+    """Pre-norm residual layer: mixer, then (except for Mamba) a gated MLP."""
+
+    def __init__(self, config: LMConfig, mixer: str, *, rngs: nnx.Rngs):
+        kw = dict(dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype))
+        self.mixer_name = mixer
+        self.norm = RMSNorm(config.d_model, eps=config.norm_eps, **kw)
+        self.mixer = _mixer_factories()[mixer](config, dict(kw, rngs=rngs))
+        hidden = int(config.mlp_ratio * config.d_model)
+        if mixer != "mamba" and hidden > 0:
+            self.mlp_norm = RMSNorm(config.d_model, eps=config.norm_eps, **kw)
+            self.mlp = MLP(config.d_model, hidden, **kw, rngs=rngs)
+        else:
+            self.mlp_norm = self.mlp = None
+
+    def __call__(self, x, *, where=None):  # [B, L, D] -> [B, L, D]
+        x = x + self.mixer(self.norm(x), where=where)
+        if self.mlp is not None:
+            x = x + self.mlp(self.mlp_norm(x))
+        return x
+
+    def step(self, x, cache):  # [B, D] -> [B, D]
+        y, cache = self.mixer.step(self.norm(x), cache)
+        x = x + y
+        if self.mlp is not None:
+            x = x + self.mlp(self.mlp_norm(x))
+        return x, cache
+
+
+class Backbone(nnx.Module):
+    """Embedding, layers and final norm: tokens [B, L] -> hidden states [B, L, D]."""
+
+    def __init__(self, config: LMConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        embed = nnx.initializers.normal(stddev=config.d_model**-0.5)
+        self.embedding = logical_param(
+            embed(
+                rngs.params(), (config.vocab_size, config.d_model), jnp.dtype(config.param_dtype)
+            ),
+            ("vocab", "embed"),
+        )
+        self.layers = nnx.List([Layer(config, m, rngs=rngs) for m in config.mixers])
+        self.final_norm = RMSNorm(
+            config.d_model, eps=config.norm_eps, dtype=jnp.dtype(config.dtype)
+        )
+
+    def embed(self, tokens):
+        tokens = jnp.asarray(tokens)
+        if not jnp.issubdtype(tokens.dtype, jnp.integer):
+            raise TypeError(f"`tokens` must have an integer dtype, got dtype {tokens.dtype}.")
+        return jnp.take(self.embedding[...], tokens, axis=0).astype(jnp.dtype(self.config.dtype))
+
+    def __call__(self, tokens, *, where=None):
+        if tokens.ndim != 2:
+            raise ValueError(f"`tokens` must have shape [B, L], got {tokens.shape}.")
+        if where is not None and jnp.shape(where) != tokens.shape:
+            raise ValueError(
+                f"`where` must have shape {tokens.shape} (= tokens), got {jnp.shape(where)}."
+            )
+        x = self.embed(tokens)  # [B, L, D]
+        intermediates = {"embedding": x}
+        for i, layer in enumerate(self.layers):
+            x = layer(x, where=where)
+            intermediates[f"layer_{i}"] = x
+        x = self.final_norm(x)
+        intermediates["final_norm"] = x
+        return x, intermediates
+
+
+class LanguageModel(nnx.Module):
+    """Causal language model: ``model(tokens [B, L]) -> logits [B, L, V]`` (float32).
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from flax import nnx
+        >>> from jaxdiv.models import LanguageModel, LMConfig
+        >>> model = LanguageModel(LMConfig(vocab_size=17, d_model=16, n_layers=2), rngs=nnx.Rngs(0))
+        >>> model(jnp.zeros((2, 5), jnp.int32)).shape
+        (2, 5, 17)
+    """
+
+    def __init__(self, config: LMConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.backbone = Backbone(config, rngs=rngs)
+        self.lm_head = (
+            None
+            if config.tie_embeddings
+            else Linear(
+                config.d_model,
+                config.vocab_size,
+                axes=("embed", "vocab"),
+                dtype=jnp.dtype(config.dtype),
+                param_dtype=jnp.dtype(config.param_dtype),
+                rngs=rngs,
+            )
+        )
+
+    def logits(self, hidden):  # [..., D] -> [..., V]
+        if self.lm_head is None:
+            w = self.backbone.embedding[...].astype(hidden.dtype)
+            return jnp.einsum("...d,vd->...v", hidden, w).astype(jnp.float32)
+        return self.lm_head(hidden).astype(jnp.float32)
+
+    def __call__(self, tokens, *, where=None, return_intermediates=False):
+        hidden, intermediates = self.backbone(jnp.asarray(tokens), where=where)
+        logits = self.logits(hidden)
+        return (logits, intermediates) if return_intermediates else logits
+
+    def init_cache(self, batch_size: int, max_length: int):
+        """Per-layer decoding caches for :meth:`step`."""
+        dtype = jnp.dtype(self.config.dtype)
+        return tuple(
+            layer.mixer.init_cache(batch_size, max_length, dtype=dtype)
+            for layer in self.backbone.layers
+        )
+
+    def step(self, tokens, cache):
+        """One decoding step: tokens [B] -> (logits [B, V], cache); equals the parallel call."""
+        x = self.backbone.embed(tokens)  # [B, D]
+        new_cache = []
+        for layer, layer_cache in zip(self.backbone.layers, cache, strict=True):
+            x, layer_cache = layer.step(x, layer_cache)
+            new_cache.append(layer_cache)
+        return self.logits(self.backbone.final_norm(x)), tuple(new_cache)
+
+    def generate(self, prompt, max_new_tokens: int, *, temperature=1.0, top_k=None, rng):
+        """Samples ``max_new_tokens`` after ``prompt`` [B, P] -> tokens [B, P + max_new_tokens].
+
+        ``temperature=0`` decodes greedily; ``top_k`` keeps the k most likely tokens. The
+        prompt is fed through :meth:`step` (one compiled scan), then sampling continues
+        token by token from the cache.
+        """
+        prompt = jnp.asarray(prompt)
+        if prompt.ndim != 2 or prompt.shape[1] < 1:
+            raise ValueError(f"`prompt` must have shape [B, P] with P >= 1, got {prompt.shape}.")
+        if top_k is not None and not 1 <= top_k <= self.config.vocab_size:
+            raise ValueError(f"`top_k` must be in [1, {self.config.vocab_size}], got {top_k}.")
+        graphdef, state = nnx.split(self)
+        greedy = temperature == 0
+        return _generate(
+            graphdef,
+            state,
+            prompt,
+            rng,
+            jnp.float32(1.0 if greedy else temperature),
+            max_new_tokens=int(max_new_tokens),
+            top_k=top_k,
+            greedy=bool(greedy),
+        )
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "top_k", "greedy"))
+def _generate(graphdef, state, prompt, rng, temperature, *, max_new_tokens, top_k, greedy):
+    model = nnx.merge(graphdef, state)
+    batch, prompt_len = prompt.shape
+    cache = model.init_cache(batch, prompt_len + max_new_tokens)
+
+    def feed(cache, token):
+        logits, cache = model.step(token, cache)
+        return cache, logits
+
+    cache, prompt_logits = jax.lax.scan(feed, cache, prompt.T)
+
+    def sample(logits, key):
+        if greedy:
+            return jnp.argmax(logits, axis=-1).astype(prompt.dtype)
+        logits = logits / temperature
+        if top_k is not None:
+            kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+            logits = jnp.where(logits < kth, -jnp.inf, logits)
+        return jax.random.categorical(key, logits, axis=-1).astype(prompt.dtype)
+
+    def decode(carry, i):
+        cache, logits = carry
+        token = sample(logits, jax.random.fold_in(rng, i))
+        logits, cache = model.step(token, cache)
+        return (cache, logits), token
+
+    _, new = jax.lax.scan(decode, (cache, prompt_logits[-1]), jnp.arange(max_new_tokens))
+    return jnp.concatenate([prompt, new.T], axis=1)
+
+
+class SequenceClassifier(nnx.Module):
+    """Sequence classifier: the backbone, masked mean pooling, a linear head -> logits [B, C].
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from flax import nnx
+        >>> from jaxdiv.models import LMConfig, SequenceClassifier
+        >>> config = LMConfig(vocab_size=17, d_model=16, n_layers=1, mixer="s4d")
+        >>> SequenceClassifier(config, 10, rngs=nnx.Rngs(0))(jnp.zeros((3, 64), jnp.int32)).shape
+        (3, 10)
+    """
+
+    def __init__(self, config: LMConfig, num_classes: int, *, rngs: nnx.Rngs):
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"`num_classes` must be an int >= 2, got {num_classes!r}.")
+        self.backbone = Backbone(config, rngs=rngs)
+        self.head = Linear(
+            config.d_model, num_classes, axes=("embed", None), use_bias=True, rngs=rngs
+        )
+
+    def __call__(self, tokens, *, where=None, return_intermediates=False):
+        tokens = jnp.asarray(tokens)
+        hidden, intermediates = self.backbone(tokens, where=where)
+        weights = (
+            jnp.ones(tokens.shape, hidden.dtype) if where is None else where.astype(hidden.dtype)
+        )
+        pooled = jnp.einsum("bl,bld->bd", weights, hidden) / jnp.maximum(
+            weights.sum(-1, keepdims=True), 1.0
+        )  # [B, D]
+        logits = self.head(pooled).astype(jnp.float32)
+        return (logits, intermediates) if return_intermediates else logits
