@@ -1,0 +1,237 @@
+"""The training loop end to end on tiny configs (8 simulated CPU devices)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from jaxdiv.train import get_config, load_model, run
+from jaxdiv.train.config import apply_overrides, preset_names
+from jaxdiv.train.metrics import read_metrics
+from jaxdiv.train.trainer import NonFiniteLossError
+
+TIMING = ("tokens_per_second", "mfu")
+
+
+def tiny(name="pretrain_lm", **overrides):
+    """A preset shrunk to seconds: tiny model, short sequences, a few steps."""
+    config = get_config(name)
+    config.steps, config.batch_size, config.log_every = 4, 8, 1
+    config.eval_every, config.eval_batches, config.checkpoint_every = 0, 1, 2
+    config.progress = False
+    config.model.d_model, config.model.n_layers, config.model.num_heads = 16, 2, 2
+    config.optimizer.warmup_steps = 1
+    if config.task.name in ("pydoc_bytes",):
+        config.task.kwargs = {"seq_len": 16}
+    elif config.task.name != "digits":
+        config.task.kwargs = {
+            "seq_len": 16,
+            **({"num_tokens": 4} if config.task.name == "selective_copying" else {}),
+        }
+    for key, value in overrides.items():
+        apply_overrides(config, [f"{key}={value!r}"])
+    return config
+
+
+def strip_timing(records):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("teacher")
+    run(tiny("pretrain_lm", **{"model.mixer": ("mamba", "attention")}), workdir)
+    return workdir
+
+
+@pytest.mark.parametrize("preset", ["pretrain_lm", "selective_copying", "digits"])
+def test_every_preset_trains(preset, tmp_path):
+    result = run(tiny(preset), tmp_path)
+    assert result["step"] == 4 and not result["preempted"]
+    assert np.isfinite(result["loss"]) and np.isfinite(result["eval_loss"])
+    records = read_metrics(tmp_path)
+    assert [r["step"] for r in records if r["split"] == "train"] == [1, 2, 3, 4]
+    assert {"loss", "grad_norm", "param_norm", "lr", "tokens_per_second", "mfu"} <= set(records[0])
+    assert (tmp_path / "metrics.png").exists() and (tmp_path / "config.json").exists()
+    assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_presets_are_listed():
+    assert {"pretrain_lm", "distill_lm", "selective_copying", "digits"} <= set(preset_names())
+
+
+@pytest.mark.parametrize(
+    "distill",
+    [
+        {"divergence": "forward_kl"},
+        {"divergence": "generalized_jsd", "kwargs": {"beta": 0.3}, "temperature_end": 2.0},
+        {"divergence": "forward_kl", "sinkhorn_weight": 0.1, "sinkhorn_rows": 16},
+        {"divergence": "bd_kd", "online": True},
+    ],
+    ids=["fkl", "gjsd_schedule", "sinkhorn", "online_bdkd"],
+)
+def test_distill_step(distill, teacher_dir, tmp_path, allow_rank_promotion):
+    config = tiny("distill_lm", **{"distill.teacher_workdir": str(teacher_dir)})
+    for key, value in distill.items():
+        config.distill[key] = value
+    result = run(config, tmp_path)
+    assert np.isfinite(result["loss"]) and np.isfinite(result["eval_kl_to_teacher"])
+    records = [r for r in read_metrics(tmp_path) if r["split"] == "train"]
+    assert "divergence" in records[0] and "teacher_entropy" in records[0]
+    if "sinkhorn_weight" in distill:
+        assert np.isfinite(records[0]["sinkhorn"])
+    if distill.get("online"):
+        assert "teacher_loss" in records[0]
+    if "temperature_end" in distill:
+        assert records[0]["temperature"] == 1.0 and records[-1]["temperature"] == 2.0
+
+
+def test_same_loss_curve_on_every_mesh(tmp_path):
+    """1 device and 8 devices in (8,1,1,1), (2,4,1,1), (2,1,1,4) meshes train alike."""
+    curves = {}
+    meshes = {
+        "single": {"data": 1, "fsdp": 1, "sequence": 1, "tensor": 1},
+        "data8": {"data": 8, "fsdp": 1, "sequence": 1, "tensor": 1},
+        "data2_fsdp4": {"data": 2, "fsdp": 4, "sequence": 1, "tensor": 1},
+        "data2_tensor4": {"data": 2, "fsdp": 1, "sequence": 1, "tensor": 4},
+    }
+    for name, mesh in meshes.items():
+        config = tiny("pretrain_lm", **{"model.mixer": ("mamba", "attention")})
+        config.mesh = mesh
+        run(config, tmp_path / name)
+        curves[name] = [r["loss"] for r in read_metrics(tmp_path / name) if r["split"] == "train"]
+    for name, curve in curves.items():
+        np.testing.assert_allclose(curve, curves["single"], rtol=2e-4, err_msg=name)
+
+
+def test_checkpoint_round_trip_and_resume_config_check(tmp_path):
+    config = tiny("pretrain_lm")
+    run(config, tmp_path)
+    model, saved = load_model(tmp_path)
+    assert saved.model.d_model == 16
+    tokens = np.arange(32, dtype=np.int32).reshape(2, 16)
+    logits = model(tokens)
+    chex.assert_shape(logits, (2, 16, 256))
+    chex.assert_tree_all_finite(logits)
+    # Same workdir, longer run: resumes from step 4 and appends.
+    config.steps = 6
+    assert run(config, tmp_path)["step"] == 6
+    assert [r["step"] for r in read_metrics(tmp_path) if r["split"] == "train"] == [
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+    ]
+    config.model.d_model = 32
+    with pytest.raises(ValueError, match=r"different config \(model\.d_model: 16 -> 32\)"):
+        run(config, tmp_path)
+
+
+def test_non_finite_loss_stops_naming_the_step(tmp_path):
+    config = tiny("pretrain_lm")
+    config.optimizer.lr = float("nan")
+    config.checkpoint_every = 1
+    with pytest.raises(NonFiniteLossError, match="Non-finite training at step 1"):
+        run(config, tmp_path)
+    assert not (tmp_path / "checkpoints" / "1").exists()  # the bad state is never saved
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("distill.divergence", "kl", r"config.distill.divergence='kl' is not a registered"),
+        ("model.mixer", "lstm", r"Unknown mixer\(s\) \['lstm'\]"),
+        ("mesh.data", 3, r"does not divide the 8 available"),
+        ("batch_size", 12, r"config.batch_size=12 must be divisible by the data axes"),
+        ("model.d_model", 18, r"d_model=18 must be divisible by num_heads=2"),
+    ],
+)
+def test_config_errors_before_compiling(key, value, message, tmp_path, teacher_dir):
+    config = tiny("distill_lm", **{"distill.teacher_workdir": str(teacher_dir)})
+    if key == "model.mixer":
+        config.model.mixer = value
+    else:
+        apply_overrides(config, [f"{key}={value!r}"])
+    with pytest.raises(ValueError, match=message):
+        run(config, tmp_path)
+
+
+def _cli(workdir, *extra):
+    return [
+        sys.executable,
+        "-m",
+        "jaxdiv.train",
+        "--config",
+        "pretrain_lm",
+        "--workdir",
+        str(workdir),
+        "--config.steps=12",
+        "--config.batch_size=8",
+        "--config.log_every=1",
+        "--config.eval_every=6",
+        "--config.eval_batches=1",
+        "--config.checkpoint_every=5",
+        "--config.model.d_model=16",
+        "--config.model.num_heads=2",
+        "--config.task.kwargs.seq_len=16",
+        "--config.progress=False",
+        *extra,
+    ]
+
+
+def test_sigterm_then_rerun_is_bitwise_equal_to_uninterrupted(tmp_path):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    subprocess.run(_cli(tmp_path / "full"), check=True, env=env, capture_output=True)
+    # Interrupt a second run once it has logged a step between checkpoints, then rerun it.
+    stop_after = int(np.random.default_rng().integers(2, 10))
+    proc = subprocess.Popen(
+        _cli(tmp_path / "cut"), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    metrics = tmp_path / "cut" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= stop_after:
+            proc.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.05)
+    out = proc.communicate(timeout=300)[0].decode()
+    assert proc.returncode == 0, out
+    assert "preempted" in out or "done at step 12" in out
+    subprocess.run(_cli(tmp_path / "cut"), check=True, env=env, capture_output=True)
+    full, cut = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "cut")
+    assert strip_timing(cut) == strip_timing(full)  # losses and eval metrics, bitwise
+    (m_full, _), (m_cut, _) = load_model(tmp_path / "full"), load_model(tmp_path / "cut")
+    from flax import nnx
+
+    for a, b in zip(
+        jax.tree.leaves(nnx.state(m_full)), jax.tree.leaves(nnx.state(m_cut)), strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_cli_help_lists_presets():
+    out = subprocess.run(
+        [sys.executable, "-m", "jaxdiv.train", "--help"], check=True, capture_output=True, text=True
+    ).stdout
+    for name in ("pretrain_lm", "distill_lm", "selective_copying", "digits", "main job"):
+        assert name in out
+
+
+def test_main_job_smoke(tmp_path, allow_rank_promotion):
+    """The README's first command, in smoke mode: teacher + five students + the table."""
+    from jaxdiv.train.job import STUDENTS, main_job
+
+    rows = main_job(tmp_path, smoke=True)
+    assert [r["model"] for r in rows] == ["teacher", *STUDENTS]
+    assert all(np.isfinite(r["bits/byte"]) for r in rows)
+    assert (tmp_path / "summary.md").read_text().startswith("| model")
+    assert json.loads((tmp_path / "summary.json").read_text())[0]["model"] == "teacher"

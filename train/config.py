@@ -1,0 +1,74 @@
+"""Resolving presets and config files, and ``--config.key=value`` overrides."""
+
+import ast
+import importlib
+import importlib.util
+import pkgutil
+from pathlib import Path
+
+import ml_collections
+
+from jaxdiv.train import configs
+
+
+def preset_names() -> tuple[str, ...]:
+    """The packaged presets (files in ``train/configs/`` with a ``get_config``)."""
+    return tuple(
+        sorted(m.name for m in pkgutil.iter_modules(configs.__path__) if m.name != "common")
+    )
+
+
+def get_config(name: str) -> ml_collections.ConfigDict:
+    """A preset by name (``"distill_lm"``) or a config file path (``"my_config.py"``).
+
+    Examples:
+        >>> from jaxdiv.train import get_config
+        >>> get_config("distill_lm").distill.divergence
+        'forward_kl'
+    """
+    if name.endswith(".py"):
+        path = Path(name)
+        if not path.exists():
+            raise FileNotFoundError(f"Config file {name} does not exist.")
+        spec = importlib.util.spec_from_file_location(f"jaxdiv_config_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    elif name in preset_names():
+        module = importlib.import_module(f"jaxdiv.train.configs.{name}")
+    else:
+        raise ValueError(
+            f"Unknown config {name!r}: expected a .py file or one of {list(preset_names())}."
+        )
+    return module.get_config()
+
+
+def _parse_value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a bare string
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]):
+    """Applies ``key.sub=value`` strings (values parsed as Python literals when possible)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"Override {item!r} must look like key=value.")
+        path, text = item.split("=", 1)
+        *parents, leaf = path.split(".")
+        node = config
+        for key in parents:
+            if key not in node:
+                raise ValueError(f"Override {item!r}: config has no key {path!r}.")
+            node = node[key]
+        # New keys are allowed only in the free-form keyword dicts (task/distill kwargs).
+        if leaf not in node and not (parents and parents[-1] == "kwargs"):
+            raise ValueError(f"Override {item!r}: config has no key {path!r}.")
+        value = _parse_value(text)
+        if isinstance(value, list):
+            value = tuple(value)
+        try:
+            node[leaf] = value
+        except TypeError as e:
+            raise ValueError(f"Override {item!r}: {e}") from None
+    return config

@@ -1,0 +1,1 @@
+"""Packaged training presets: each module defines ``get_config()``."""

@@ -1,0 +1,60 @@
+"""Defaults every preset starts from (API.md §4: the keys every preset has)."""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    # Not type-locked: e.g. `model.mixer` may be one name or a tuple of per-layer names.
+    c = ml_collections.ConfigDict(type_safe=False)
+    c.seed = 0
+    c.steps = 200  # optimizer steps
+    c.batch_size = 16
+    c.log_every = 20
+    c.eval_every = 100  # 0: only at the end
+    c.eval_batches = 4
+    c.checkpoint_every = 100
+    c.keep_checkpoints = 3
+    c.progress = True  # tqdm bar on process 0
+    # Device mesh: one axis may be -1 (= the remaining devices).
+    c.mesh = {"data": -1, "fsdp": 1, "sequence": 1, "tensor": 1}
+    c.task = {"name": "pydoc_bytes", "kwargs": {"seq_len": 128}}
+    # The model's own LMConfig fields (vocab_size comes from the task).
+    c.model = {
+        "d_model": 64,
+        "n_layers": 2,
+        "mixer": "mamba",
+        "num_heads": None,
+        "mlp_ratio": 4.0,
+        "dtype": "float32",
+        "param_dtype": "float32",
+    }
+    c.optimizer = {
+        "name": "adamw",
+        "lr": 3e-3,
+        "warmup_steps": 20,
+        "min_lr_ratio": 0.1,
+        "weight_decay": 0.1,
+        "b1": 0.9,
+        "b2": 0.98,
+        "grad_clip": 1.0,
+        "grad_accum_steps": 1,  # micro-batches per optimizer step
+    }
+    return c
+
+
+def distill_config(base: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Adds the distillation keys (API.md §4) to ``base``."""
+    base.distill = {
+        "teacher_workdir": "./runs/pretrain_lm",
+        "divergence": "forward_kl",  # a jaxdiv registry name
+        "kwargs": {},  # its keyword arguments, e.g. {"beta": 0.5}
+        "weight": 1.0,
+        "task_weight": 0.5,  # cross-entropy on the data
+        "sinkhorn_weight": 0.0,  # optional SinKD term on subsampled token rows
+        "sinkhorn_rows": 64,
+        "temperature": 1.0,
+        "temperature_end": None,  # linear temperature schedule when set
+        "online": False,  # teacher trained alongside (BD-KD style)
+        "teacher_weight": 1.0,  # online teacher's reverse-KL regulariser weight
+    }
+    return base
