@@ -17,7 +17,7 @@ def float_array(x, name: str) -> jax.Array:
     """Converts ``x`` to an array and checks it has a floating dtype (``TypeError`` if not)."""
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"`{name}` must have a floating dtype (logits), got dtype {x.dtype}.")
+        raise TypeError(f"`{name}` must have a floating dtype, got dtype {x.dtype}.")
     return x
 
 
