@@ -1,0 +1,131 @@
+"""LASP-2 sequence parallelism: per-device memory and collective bytes from the compiled programs.
+
+    python benchmarks/bench_lasp2.py [--quick]
+
+Causal linear attention with per-head decay, B=1, H=4, dk=dv=64, forward+backward (``grad`` of
+``sum(o * w)``), L = 16k, 32k, 64k, 128k total (16k, 32k with --quick) over ``sequence = 8``
+simulated CPU devices, against:
+
+- one device running ``linear_attention`` on the whole sequence;
+- an all-gather-KV baseline of the same layer (LASP-2H style: gather K, V and the log decay
+  over the sequence axis, form the incoming state from the earlier shards' keys and values,
+  then the same local chunked pass).
+
+Nothing is executed: memory is the compiled program's per-device ``memory_analysis`` (temp +
+arguments + outputs) and collective bytes are summed from the compiled HLO text over every
+all-gather / all-reduce / reduce-scatter / collective-permute / all-to-all (the full buffer
+each device holds: an all-gather's result, a reduce-scatter's input). Wall-clock scaling is
+NOT reported: the 8 devices are simulated on one CPU and share its cores, so their time says
+nothing about real devices.
+"""
+
+import os
+
+os.environ["XLA_FLAGS"] = " ".join(
+    [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"]
+).strip()
+
+import argparse  # noqa: E402
+import math  # noqa: E402
+import re  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from jax import lax  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+
+from jaxdiv.models.linear_attention import linear_attention  # noqa: E402
+from jaxdiv.models.parallel import lasp2_linear_attention  # noqa: E402
+
+H, D, W = 4, 64, 8
+_COLLECTIVE = re.compile(
+    r"= (\w+)\[([\d,]*)\][^ ]* (all-gather|all-reduce|reduce-scatter|collective-permute|"
+    r"all-to-all)(?:-start)?\("
+)
+_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "f64": 8, "s32": 4, "u32": 4, "pred": 1}
+
+
+def mesh():
+    return jax.make_mesh(
+        (1, 1, W, 1),
+        ("data", "fsdp", "sequence", "tensor"),
+        axis_types=(jax.sharding.AxisType.Auto,) * 4,
+    )
+
+
+def gather_kv(q, k, v, g, *, mesh):
+    """Baseline: all-gather K, V (and the decay), incoming state from the earlier shards."""
+    spec = P(None, "sequence", None, None)
+
+    def body(q, k, v, g):
+        k_all, v_all, g_all = (lax.all_gather(x, "sequence", axis=1, tiled=True) for x in (k, v, g))
+        start = lax.axis_index("sequence") * q.shape[1]
+        positions = jnp.arange(k_all.shape[1])  # [S]
+        before = positions < start
+        G = jnp.cumsum(jnp.where(before[None, :, None], g_all, 0.0), axis=1)  # [B, S, H]
+        weight = jnp.where(before[None, :, None], jnp.exp(G[:, -1:] - G), 0.0)  # [B, S, H]
+        state = jnp.einsum("bshk,bshv->bhkv", k_all * weight[..., None], v_all)  # [B, H, K, V]
+        return linear_attention(q, k, v, log_decay=g, initial_state=state)
+
+    g_spec = P(None, "sequence", None)
+    return jax.shard_map(body, mesh=mesh, in_specs=(spec, spec, spec, g_spec), out_specs=spec)(
+        q, k, v, g
+    )
+
+
+def collective_bytes(text: str) -> int:
+    total = 0
+    for dtype, dims, kind in _COLLECTIVE.findall(text):
+        size = math.prod(int(d) for d in dims.split(",") if d) * _BYTES[dtype]
+        total += size * (W if kind == "reduce-scatter" else 1)
+    return total
+
+
+def analyse(fn, args, shardings=None):
+    loss = jax.grad(lambda q, k, v, g, w: jnp.sum(fn(q, k, v, g) * w), argnums=(0, 1, 2, 3))
+    jitted = jax.jit(loss, in_shardings=shardings) if shardings else jax.jit(loss)
+    compiled = jitted.lower(*args).compile()
+    mem = compiled.memory_analysis()
+    peak = mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
+    return peak / 2**20, collective_bytes(compiled.as_text())
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    quick = parser.parse_args().quick
+    lengths = (16384, 32768) if quick else (16384, 32768, 65536, 131072)
+    m = mesh()
+    seq = jax.sharding.NamedSharding(m, P(None, "sequence"))
+    print(f"backend: {jax.default_backend()}, {jax.device_count()} simulated devices")
+    print("causal linear attention, per-head decay, B=1, H=4, dk=dv=64, fwd+bwd\n")
+    print(
+        "| L | single MiB | LASP-2 MiB/device | gather-KV MiB/device | LASP-2 / single | "
+        "LASP-2 coll. KiB | gather-KV coll. KiB | coll. ratio LASP-2 / gather-KV |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for length in lengths:
+        args = [jax.ShapeDtypeStruct((1, length, H, D), jnp.float32) for _ in range(3)]
+        args = (*args, jax.ShapeDtypeStruct((1, length, H), jnp.float32), args[0])
+        single, _ = analyse(lambda q, k, v, g: linear_attention(q, k, v, log_decay=g), args)
+        lasp, lasp_bytes = analyse(
+            lambda q, k, v, g: lasp2_linear_attention(q, k, v, log_decay=g, mesh=m),
+            args,
+            (seq,) * 5,
+        )
+        base, base_bytes = analyse(
+            lambda q, k, v, g: gather_kv(q, k, v, g, mesh=m), args, (seq,) * 5
+        )
+        print(
+            f"| {length // 1024}k | {single:.0f} | {lasp:.1f} | {base:.1f} | "
+            f"{lasp / single:.3f} | {lasp_bytes / 2**10:.1f} | {base_bytes / 2**10:.0f} | "
+            f"{lasp_bytes / base_bytes:.2e} |"
+        )
+    print(
+        "\nWall-clock scaling is not measured: the devices are simulated on one CPU (they share "
+        "its cores), so timings would not reflect real multi-device runs."
+    )
+
+
+if __name__ == "__main__":
+    main()
