@@ -14,6 +14,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from jaxdiv.models.s4_kernels import (
     discretize_dplr,
     nplr_legs,

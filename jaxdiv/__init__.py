@@ -34,6 +34,7 @@ from jaxdiv._registry import names as names
 from jaxdiv._self_distillation import mi_alpha_bound as mi_alpha_bound
 from jaxdiv._self_distillation import pskd_targets as pskd_targets
 from jaxdiv._sequence_match import sequence_match_loss as sequence_match_loss
+from jaxdiv._sinkhorn import sinkhorn_kd as sinkhorn_kd
 
 __version__ = "0.1.0.dev0"
 
@@ -64,6 +65,7 @@ __all__ = (
     "pskd_targets",
     "reverse_kl",
     "sequence_match_loss",
+    "sinkhorn_kd",
     "skew_kl",
     "skew_reverse_kl",
     "top_k_kl",

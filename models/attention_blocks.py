@@ -25,6 +25,12 @@ from .attention import KVCache, attend_with_cache, init_kv_cache, softmax_attent
 from .common import Linear, logical_param
 from .lightnet import LightNetState, init_lightnet_state, lightnet_attention
 from .linear_attention import linear_attention
+from .parallel import (
+    lasp2_lightnet_attention,
+    lasp2_linear_attention,
+    lasp2h_attention,
+    sequence_mesh,
+)
 
 _FEATURE_MAPS = {
     "identity": lambda x: x,
@@ -239,6 +245,7 @@ class AttentionBlock(nnx.Module):
         head_dim: int | None = None,
         rope: bool = True,
         rope_base: float = 10000.0,
+        sequence_axis: str | None = None,
         dtype=None,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
@@ -256,6 +263,7 @@ class AttentionBlock(nnx.Module):
         self.d_model, self.num_heads, self.head_dim = d_model, num_heads, head_dim
         self.rope, self.rope_base = rope, float(rope_base)
         self.dtype = dtype
+        self.sequence_axis = sequence_axis  # sequence parallelism (see parallel.sequence_mesh)
 
     def _qkv(self, x: jax.Array, positions) -> tuple[jax.Array, jax.Array, jax.Array]:
         dtype = self.dtype or x.dtype
@@ -268,7 +276,15 @@ class AttentionBlock(nnx.Module):
         return q, k, v
 
     def _mix(self, q, k, v, where) -> jax.Array:
-        """The sequence op (the place to swap in a sequence-parallel attention)."""
+        """The sequence op: softmax attention, or LASP-2H with the sequence sharded."""
+        mesh = sequence_mesh(self.sequence_axis)
+        if mesh is not None:
+            if where is not None:
+                raise ValueError(
+                    "Padding masks (`where`) are not supported with the sequence "
+                    "sharded; pass where=None (pack sequences instead)."
+                )
+            return lasp2h_attention(q, k, v, mesh=mesh, axis_name=self.sequence_axis)
         return softmax_attention(q, k, v, causal=True, where=where)  # [B, L, H, K]
 
     def __call__(self, x, *, where=None) -> jax.Array:
@@ -355,6 +371,7 @@ class LinearAttentionBlock(nnx.Module):
         normalize_output: bool = True,
         chunk_size: int = 64,
         gate_rank: int = 16,
+        sequence_axis: str | None = None,
         dtype=None,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
@@ -389,6 +406,7 @@ class LinearAttentionBlock(nnx.Module):
         self.d_model, self.num_heads, self.head_dim = d_model, num_heads, head_dim
         self.feature_map, self.decay, self.normalize_output = feature_map, decay, normalize_output
         self.dtype = dtype
+        self.sequence_axis = sequence_axis  # sequence parallelism (see parallel.sequence_mesh)
 
     def _inputs(self, x: jax.Array, where):
         """q, k, v [B, L, H, K] and log decay (None, [B, L, H] or [B, L, H, K]), pads inert."""
@@ -413,7 +431,19 @@ class LinearAttentionBlock(nnx.Module):
         return q, k, v, log_decay
 
     def _mix(self, q, k, v, log_decay, state, *, method: str):
-        """The sequence op (the place to swap in LASP-2); returns (o [B, L, H, V], S_L)."""
+        """The sequence op (LASP-2 with the sequence sharded); returns (o [B, L, H, V], S_L)."""
+        mesh = sequence_mesh(self.sequence_axis) if state is None else None
+        if mesh is not None:
+            o = lasp2_linear_attention(
+                q,
+                k,
+                v,
+                mesh=mesh,
+                axis_name=self.sequence_axis,
+                log_decay=log_decay,
+                chunk_size=self.chunk_size,
+            )
+            return o, None
         return linear_attention(
             q,
             k,
@@ -503,6 +533,7 @@ class LightNetBlock(nnx.Module):
         head_dim: int | None = None,
         gate_rank: int | None = None,
         chunk_size: int = 64,
+        sequence_axis: str | None = None,
         dtype=None,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
@@ -523,6 +554,7 @@ class LightNetBlock(nnx.Module):
         self.o_proj = Linear(inner, d_model, axes=("heads", "embed"), **kw)
         self.d_model, self.num_heads, self.head_dim = d_model, num_heads, head_dim
         self.dtype = dtype
+        self.sequence_axis = sequence_axis  # sequence parallelism (see parallel.sequence_mesh)
 
     def _inputs(self, x: jax.Array, where):
         """q, k, v [B, L, H, K]; padded keys pushed below every real key, padded values zero."""
@@ -542,7 +574,13 @@ class LightNetBlock(nnx.Module):
         return q, k, v
 
     def _mix(self, q, k, v, state, *, method: str):
-        """The sequence op (the place to swap in LASP-2); returns (o [B, L, H, V], state)."""
+        """The sequence op (LASP-2 with the sequence sharded); returns (o [B, L, H, V], state)."""
+        mesh = sequence_mesh(self.sequence_axis) if state is None else None
+        if mesh is not None:
+            o = lasp2_lightnet_attention(
+                q, k, v, mesh=mesh, axis_name=self.sequence_axis, chunk_size=self.chunk_size
+            )
+            return o, None
         return lightnet_attention(
             q,
             k,

@@ -4,9 +4,10 @@
 
 Every parameter is an ``nnx.Param`` carrying
 
-* ``out_sharding``: a tuple of *logical* axis names (``"embed"``, ``"mlp"``, ``"heads"``,
+* ``logical_axes``: a tuple of *logical* axis names (``"embed"``, ``"mlp"``, ``"heads"``,
   ``"vocab"``, ``"state"``, ``None``), mapped to mesh axes by the training code
-  (``eager_sharding=False``: modules are created without a mesh, the train step shards them);
+  (``jaxdiv.train.sharding``). A key of our own, not Flax's ``out_sharding``: Flax would
+  apply that eagerly under a mesh context, where logical names are not mesh axes;
 * ``no_decay=True`` for parameters that take no weight decay (norm scales, biases, SSM
   ``A_log``, ``D``, Δ biases, ...); :func:`decay_mask` turns the marks into an optax mask.
 """
@@ -26,7 +27,7 @@ def logical_param(value: jax.Array, axes: Sequence[str | None], *, no_decay: boo
     """An ``nnx.Param`` holding ``value`` with logical sharding ``axes`` and a decay mark."""
     if len(axes) != jnp.ndim(value):
         raise ValueError(f"`axes` must name each of the {jnp.ndim(value)} dims, got {axes}.")
-    return nnx.Param(value, out_sharding=tuple(axes), eager_sharding=False, no_decay=no_decay)
+    return nnx.Param(value, logical_axes=tuple(axes), no_decay=no_decay)
 
 
 def decay_mask(state: nnx.State) -> nnx.State:

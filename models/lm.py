@@ -47,7 +47,12 @@ class LMConfig:
     ``mixer`` is one name of :data:`MIXERS` or a tuple of ``n_layers`` names (hybrids, e.g.
     ``("mamba", "mamba", "attention")``). ``num_heads=None`` picks the largest divisor of
     ``d_model`` up to ``d_model // 64`` as the number of heads of the attention-family
-    mixers. ``dtype`` is the compute dtype, ``param_dtype``
+    mixers. ``sequence_axis`` (e.g. ``"sequence"``) turns on sequence parallelism: when the
+    mesh in context (``jax.set_mesh``) shards that axis over several devices, every mixer runs
+    its sequence-parallel form (``jaxdiv.models.parallel``: LASP-2 for linear attention and
+    LightNet, LASP-2H for softmax attention, state passing for Mamba and S4); elsewhere (no
+    mesh, decoding) the same model runs the single-device ops. ``dtype`` is the compute dtype,
+    ``param_dtype``
     the storage dtype (SSM-sensitive parameters always stay float32).
 
     Examples:
@@ -68,6 +73,7 @@ class LMConfig:
     s4_state: int = 64
     chunk_size: int = 64
     tie_embeddings: bool = True
+    sequence_axis: str | None = None
     norm_eps: float = 1e-6
     dtype: str = "float32"
     param_dtype: str = "float32"
@@ -119,7 +125,9 @@ class Layer(nnx.Module):
         kw = dict(dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype))
         self.mixer_name = mixer
         self.norm = RMSNorm(config.d_model, eps=config.norm_eps, **kw)
-        self.mixer = _mixer_factories()[mixer](config, dict(kw, rngs=rngs))
+        self.mixer = _mixer_factories()[mixer](
+            config, dict(kw, rngs=rngs, sequence_axis=config.sequence_axis)
+        )
         hidden = int(config.mlp_ratio * config.d_model)
         if mixer != "mamba" and hidden > 0:
             self.mlp_norm = RMSNorm(config.d_model, eps=config.norm_eps, **kw)

@@ -20,6 +20,7 @@ from flax import nnx
 from jaxdiv import _checks
 
 from .common import Linear, logical_param
+from .parallel import sequence_mesh, sequence_parallel_selective_scan
 from .selective_scan import selective_scan, selective_scan_step
 
 SCAN_METHODS = ("auto", "sequential", "associative", "chunked")
@@ -229,6 +230,7 @@ class MambaBlock(nnx.Module):
         conv_bias: bool = True,
         bias: bool = False,
         scan_method: str = "auto",
+        sequence_axis: str | None = None,
         dtype=None,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
@@ -249,6 +251,7 @@ class MambaBlock(nnx.Module):
         d_inner = expand * d_model
         self.d_model, self.d_state, self.d_conv, self.d_inner = d_model, d_state, d_conv, d_inner
         self.dt_rank, self.scan_method, self.dtype = dt_rank, scan_method, dtype
+        self.sequence_axis = sequence_axis  # sequence parallelism (see parallel.sequence_mesh)
 
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.in_proj = Linear(
@@ -314,7 +317,13 @@ class MambaBlock(nnx.Module):
         if where is not None:
             delta = jnp.where(where[..., None], delta, 0)
         A = -jnp.exp(self.A_log[...])  # [E, N]
-        y = selective_scan(u, delta, A, B, C, self.D[...], z, method=self.scan_method)
+        mesh = sequence_mesh(self.sequence_axis)
+        if mesh is None:
+            y = selective_scan(u, delta, A, B, C, self.D[...], z, method=self.scan_method)
+        else:  # sequence sharded: per-shard scans joined by one all-gather of states
+            y = sequence_parallel_selective_scan(
+                u, delta, A, B, C, self.D[...], z, mesh=mesh, axis_name=self.sequence_axis
+            )
         return self.out_proj(y.astype(dtype))  # [B, L, D]
 
     def init_cache(self, batch_size: int, max_length: int, *, dtype=jnp.float32) -> dict:

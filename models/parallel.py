@@ -74,6 +74,22 @@ from .linear_attention import (
 )
 from .selective_scan import selective_scan
 
+
+def sequence_mesh(axis_name: str | None):
+    """The mesh in context (``jax.set_mesh``) when it shards ``axis_name`` over > 1 devices.
+
+    Mixer blocks built with ``sequence_axis=axis_name`` call this at trace time and switch to
+    their sequence-parallel form when it returns a mesh; otherwise (no mesh, or the axis has
+    size 1, e.g. decoding on one device) they run the single-device op.
+    """
+    if axis_name is None:
+        return None
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or axis_name not in mesh.axis_names or mesh.shape[axis_name] == 1:
+        return None
+    return mesh
+
+
 _BATCH_AXES = ("data", "fsdp")
 _HIGHEST = lax.Precision.HIGHEST
 

@@ -17,6 +17,7 @@ from jaxdiv import _checks
 
 from . import s4_kernels as sk
 from .common import Linear, logical_param
+from .parallel import sequence_mesh, sequence_parallel_s4
 
 MODES = ("dplr", "diag")
 INITS = ("legs", "lin", "inv")
@@ -132,6 +133,7 @@ class S4Block(nnx.Module):
         dt_min: float = 0.001,
         dt_max: float = 0.1,
         bidirectional: bool = False,
+        sequence_axis: str | None = None,
         dtype=None,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
@@ -152,6 +154,7 @@ class S4Block(nnx.Module):
         H, N2 = int(d_model), int(d_state) // 2
         self.d_model, self.d_state, self.mode = H, int(d_state), mode
         self.bidirectional, self.dtype = bool(bidirectional), dtype
+        self.sequence_axis = sequence_axis  # sequence parallelism (see parallel.sequence_mesh)
 
         Lambda, B, P = _initial_ssm(init, H, int(d_state))
         axes = ("embed", "state")
@@ -234,6 +237,23 @@ class S4Block(nnx.Module):
             _checks.exact_shape(where, x.shape[:2], "where", "[B, L]")
             u = jnp.where(where.astype(bool)[..., None], u, 0)
         L = x.shape[1]
+        mesh = sequence_mesh(self.sequence_axis)
+        if mesh is not None:
+            if self.bidirectional:
+                raise ValueError("bidirectional S4Block does not run with the sequence sharded.")
+            P = _complex(self.P) if self.mode == "dplr" else None
+            y = sequence_parallel_s4(
+                u,
+                self._Lambda(),
+                _complex(self.B),
+                _complex(self.C),
+                self.log_dt[...],
+                self.D[...],
+                P=P,
+                mesh=mesh,
+                axis_name=self.sequence_axis,
+            )
+            return self._finish(y, dtype)
         y = sk.causal_conv_fft(u, self.kernel(L), self.D[...])  # [B, L, H]
         if self.bidirectional:
             # Strictly future taps: K_rev shifted by one lag, applied to the time-reversed input.

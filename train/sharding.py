@@ -90,11 +90,11 @@ def logical_to_spec(logical_axes, shape, mesh: Mesh, rules=None) -> PartitionSpe
 
 
 def state_shardings(state, mesh: Mesh, rules=None):
-    """NamedShardings for an ``nnx.State`` of parameters, from their ``out_sharding`` names."""
+    """NamedShardings for an ``nnx.State`` of parameters, from their ``logical_axes`` names."""
     from flax import nnx
 
     def one(variable):
-        axes = variable.get_metadata().get("out_sharding")
+        axes = variable.get_metadata().get("logical_axes")
         value = variable.get_value() if hasattr(variable, "get_value") else variable.value
         if axes is None:
             spec = PartitionSpec()

@@ -8,6 +8,7 @@ donation, batches are a pure function of (seed, step), and the workdir holds ``c
 the same workdir resumes; SIGTERM saves a checkpoint and returns cleanly.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -115,8 +116,10 @@ def model_config(config, vocab_size: int) -> LMConfig:
     return LMConfig(**fields)
 
 
-def build_model(config, task, *, rngs) -> nnx.Module:
+def build_model(config, task, *, rngs, sequence_parallel: bool = False) -> nnx.Module:
     lm_config = model_config(config, task.vocab_size)
+    if sequence_parallel:
+        lm_config = dataclasses.replace(lm_config, sequence_axis="sequence")
     if task.kind == "classification":
         return SequenceClassifier(lm_config, task.num_classes, rngs=rngs)
     return LanguageModel(lm_config, rngs=rngs)
@@ -210,7 +213,12 @@ def train_state_spec(config, task, mesh, *, rules=None, teacher=None):
     teacher's params and optimizer state when ``teacher = (params, tx)``); ``shardings`` is the
     matching tree of NamedShardings, from the parameters' logical axes.
     """
-    abstract = nnx.eval_shape(lambda: build_model(config, task, rngs=nnx.Rngs(config.seed)))
+    sp = mesh.shape["sequence"] > 1  # models switch to their sequence-parallel forms
+
+    def build():
+        return build_model(config, task, rngs=nnx.Rngs(config.seed), sequence_parallel=sp)
+
+    abstract = nnx.eval_shape(build)
     graphdef, abstract_params = nnx.split(abstract)
     param_sh = shard_lib.state_shardings(abstract_params, mesh, rules)
     tx, schedule = make_optimizer(config.optimizer, config.steps, abstract_params)
@@ -238,7 +246,7 @@ def train_state_spec(config, task, mesh, *, rules=None, teacher=None):
         shardings["teacher_opt_state"] = opt_shardings(teacher_params, teacher_sh, teacher_tx)
 
     def init():
-        params = nnx.state(build_model(config, task, rngs=nnx.Rngs(config.seed)))
+        params = nnx.state(build())
         state = {"params": params, "opt_state": tx.init(params), "step": jnp.int32(0)}
         if teacher is not None:
             state["teacher_params"] = teacher_params
@@ -307,12 +315,17 @@ def run(config, workdir) -> dict:
     """Trains (or resumes) the run described by ``config`` in ``workdir``; returns final metrics.
 
     The returned dict has the last train metrics, the final eval metrics (``eval_*``), and
-    ``tokens_per_second``, ``mfu``, ``step`` and ``preempted``.
+    ``tokens_per_second``, ``mfu``, ``step`` and ``preempted``. With ``config.mesh.sequence``
+    > 1 the models run their sequence-parallel forms (``jaxdiv.models.parallel``).
     """
     maybe_initialize_distributed()
-    workdir = Path(workdir)
-    is_main = jax.process_index() == 0
     mesh = shard_lib.make_mesh(config_to_dict(config.mesh))
+    with jax.set_mesh(mesh):
+        return _run(config, Path(workdir), mesh)
+
+
+def _run(config, workdir: Path, mesh) -> dict:
+    is_main = jax.process_index() == 0
     validate(config, mesh)
     task = get_task(config.task.name, **config_to_dict(config.task.get("kwargs", {})))
     objective = make_objective(config, task)

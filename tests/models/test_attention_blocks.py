@@ -292,7 +292,7 @@ def test_defaults_and_parameter_marks(block_cls):
     params = nnx.state(block, nnx.Param)
     for path, leaf in jax.tree.leaves_with_path(params, is_leaf=lambda v: isinstance(v, nnx.Param)):
         meta = leaf.get_metadata()
-        assert len(meta["out_sharding"]) == leaf[...].ndim, path
+        assert len(meta["logical_axes"]) == leaf[...].ndim, path
         if leaf[...].ndim == 1:  # norm scales, biases and decay logits take no weight decay
             assert meta["no_decay"], path
     assert nnx.eval_shape(lambda: block_cls(192, rngs=nnx.Rngs(0))).num_heads == 3

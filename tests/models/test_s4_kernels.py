@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 from jax.test_util import check_grads
+
 from jaxdiv.models import s4_kernels
 from jaxdiv.models.s4_kernels import (
     causal_conv_fft,
