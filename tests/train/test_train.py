@@ -152,7 +152,7 @@ def test_non_finite_loss_stops_naming_the_step(tmp_path):
         ("model.mixer", "lstm", r"Unknown mixer\(s\) \['lstm'\]"),
         ("mesh.data", 3, r"does not divide the 8 available"),
         ("batch_size", 12, r"config.batch_size=12 must be divisible by the data axes"),
-        ("model.d_model", 18, r"d_model=18 must be divisible by num_heads=2"),
+        ("model.d_model", 15, r"d_model=15 must be divisible by num_heads=2"),
     ],
 )
 def test_config_errors_before_compiling(key, value, message, tmp_path, teacher_dir):
