@@ -5,9 +5,10 @@
         --config.distill.teacher_workdir=runs/pretrain_lm --config.distill.divergence=forward_kl
 
 Any registry divergence works (``--config.distill.divergence=generalized_jsd
---config.distill.kwargs.beta=0.5``); ``--config.distill.sinkhorn_weight=0.1`` adds SinKD.
-Expected runtime: about 1 minute on 2 CPU cores. Expected result: held-out bits per byte
-below the same student trained without a teacher for the same steps.
+--config.distill.kwargs.beta=0.5``); ``--config.distill.sinkhorn_weight=0.001`` adds SinKD
+(the paper's weight). Expected runtime: about 30 seconds on 2 CPU cores. Expected result:
+held-out bits per byte about 2.2 with forward KL, below the 2.28 of the same student trained
+on the data alone for the same steps (measured with the pretrain_lm teacher at 1.86).
 """
 
 from jaxdiv.train.configs.common import base_config, distill_config

@@ -2,8 +2,8 @@
 
     python -m jaxdiv.train --config pretrain_lm --workdir runs/pretrain_lm
 
-Expected runtime: about 2 minutes on 2 CPU cores. Expected result: held-out bits per byte
-below 3.0 (a unigram byte model gets about 4.5).
+Expected runtime: about 1 minute on 2 CPU cores (~19k tokens/s). Expected result: held-out
+bits per byte about 1.9 (a unigram byte model gets about 4.5).
 """
 
 from jaxdiv.train.configs.common import base_config
