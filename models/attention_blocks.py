@@ -506,7 +506,9 @@ class LightNetBlock(nnx.Module):
       num_heads: H; default the largest divisor of D that is at most max(1, D // 64).
       head_dim: d (keys and values); default D // H.
       gate_rank: R, the rank of the output gate (fla: 128); default min(128, D).
-      chunk_size: chunk length of the chunked op in :meth:`__call__`.
+      chunk_size: chunk length of the chunked op in :meth:`__call__` (default 16: its
+        per-key-channel decay costs a [C, C, dk] term per chunk; measured at L=4k, B=4, H=2,
+        d=64, forward+backward: 0.67 s at 16, 1.8 s at 32, 3.7 s at 64).
       dtype: compute dtype of the projections (output: ``dtype`` or the input's dtype); the
         recurrence runs in float32.
       param_dtype: storage dtype.
@@ -532,7 +534,7 @@ class LightNetBlock(nnx.Module):
         num_heads: int | None = None,
         head_dim: int | None = None,
         gate_rank: int | None = None,
-        chunk_size: int = 64,
+        chunk_size: int = 16,
         sequence_axis: str | None = None,
         dtype=None,
         param_dtype=jnp.float32,
