@@ -70,7 +70,7 @@ def log_probs(
 
 def _log_softmax(x: jax.Array) -> jax.Array:
     # x − logsumexp(x): XLA fuses this into its consumers better than jax.nn.log_softmax
-    # (one full-size temporary fewer in value + gradient, measured in benchmarks/bench_losses).
+    # (one full-size temporary fewer in value + gradient; `python -m benchmarks --only losses`).
     return x - jax.nn.logsumexp(x, axis=-1, keepdims=True)
 
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxdiv.models.attention_blocks import AttentionBlock, LightNetBlock, LinearAttentionBlock
-from jaxdiv.models.common import MLP, Linear, RMSNorm, logical_param
+from jaxdiv.models.common import MLP, Linear, RMSNorm, dense, logical_param
 from jaxdiv.models.mamba import MambaBlock
 from jaxdiv.models.s4 import S4Block
 
@@ -220,7 +220,7 @@ class LanguageModel(nnx.Module):
     def logits(self, hidden):  # [..., D] -> [..., V]
         if self.lm_head is None:
             w = self.backbone.embedding[...].astype(hidden.dtype)
-            return jnp.einsum("...d,vd->...v", hidden, w).astype(jnp.float32)
+            return dense(hidden, w.T).astype(jnp.float32)
         return self.lm_head(hidden).astype(jnp.float32)
 
     def __call__(self, tokens, *, where=None, return_intermediates=False):

@@ -19,7 +19,7 @@ from flax import nnx
 
 from jaxdiv import _checks
 
-from .common import Linear, logical_param
+from .common import Linear, dense, logical_param
 from .parallel import sequence_mesh, sequence_parallel_selective_scan
 from .selective_scan import selective_scan, selective_scan_step
 
@@ -146,7 +146,7 @@ class DeltaProjection(nnx.Module):
 
     def __call__(self, dt: jax.Array) -> jax.Array:  # [..., R] -> [..., E] float32
         dtype = self.dtype or dt.dtype
-        dt = jnp.dot(dt.astype(dtype), self.kernel[...].astype(dtype)).astype(jnp.float32)
+        dt = dense(dt.astype(dtype), self.kernel[...].astype(dtype)).astype(jnp.float32)
         return jax.nn.softplus(dt + self.bias[...].reshape((1,) * (dt.ndim - 1) + (-1,)))
 
 

@@ -288,9 +288,10 @@ def selective_scan(
       ``"chunked"`` on GPU/TPU (not measured here, no accelerator: ``lax.scan`` pays a launch
       per step on those, and ``"associative"`` needs ``[B, L, D, N]`` memory).
 
-    CPU measurements (``benchmarks/bench_selective_scan.py --clock cpu``: B=2, L=4096, D=256,
-    N=16, float32, 2 cores shared with other jobs, medians of process CPU time; x = ratio to
-    the bound B·L·D·N / exp throughput = 11.5 ms, exp measured at 2.9 G/s in the same run):
+    CPU measurements (B=2, L=4096, D=256, N=16, float32, 2 cores shared with other jobs,
+    medians of process CPU time; ``python -m benchmarks --only kernels`` measures the same on
+    the wall clock; x = ratio to the bound B·L·D·N / exp throughput = 11.5 ms, exp measured
+    at 2.9 G/s in the same run):
 
     ======================  ============  =============  ===================
     method                  forward       fwd+bwd        peak memory fwd+bwd

@@ -1,9 +1,12 @@
 """LASP-2 sequence parallelism: per-device memory and collective bytes from the compiled programs.
 
-    python benchmarks/bench_lasp2.py [--quick]
+    python -m benchmarks.lasp2_analysis [--quick]    # prints the rows as JSON
+
+The suite's ``lasp2`` section runs this in a process of its own: it needs 8 simulated CPU
+devices, fixed before JAX starts.
 
 Causal linear attention with per-head decay, B=1, H=4, dk=dv=64, forward+backward (``grad`` of
-``sum(o * w)``), L = 16k, 32k, 64k, 128k total (16k, 32k with --quick) over ``sequence = 8``
+``sum(o * w)``), L = 16k, 32k, 64k, 128k total (16k with --quick) over ``sequence = 8``
 simulated CPU devices, against:
 
 - one device running ``linear_attention`` on the whole sequence;
@@ -26,6 +29,7 @@ os.environ["XLA_FLAGS"] = " ".join(
 ).strip()
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import math  # noqa: E402
 import re  # noqa: E402
 
@@ -94,16 +98,10 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     quick = parser.parse_args().quick
-    lengths = (16384, 32768) if quick else (16384, 32768, 65536, 131072)
+    lengths = (16384,) if quick else (16384, 32768, 65536, 131072)
     m = mesh()
     seq = jax.sharding.NamedSharding(m, P(None, "sequence"))
-    print(f"backend: {jax.default_backend()}, {jax.device_count()} simulated devices")
-    print("causal linear attention, per-head decay, B=1, H=4, dk=dv=64, fwd+bwd\n")
-    print(
-        "| L | single MiB | LASP-2 MiB/device | gather-KV MiB/device | LASP-2 / single | "
-        "LASP-2 coll. KiB | gather-KV coll. KiB | coll. ratio LASP-2 / gather-KV |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
+    rows = []
     for length in lengths:
         args = [jax.ShapeDtypeStruct((1, length, H, D), jnp.float32) for _ in range(3)]
         args = (*args, jax.ShapeDtypeStruct((1, length, H), jnp.float32), args[0])
@@ -116,15 +114,17 @@ def main():
         base, base_bytes = analyse(
             lambda q, k, v, g: gather_kv(q, k, v, g, mesh=m), args, (seq,) * 5
         )
-        print(
-            f"| {length // 1024}k | {single:.0f} | {lasp:.1f} | {base:.1f} | "
-            f"{lasp / single:.3f} | {lasp_bytes / 2**10:.1f} | {base_bytes / 2**10:.0f} | "
-            f"{lasp_bytes / base_bytes:.2e} |"
+        rows.append(
+            dict(
+                length=length,
+                single_mib=single,
+                lasp2_mib=lasp,
+                gather_mib=base,
+                lasp2_bytes=lasp_bytes,
+                gather_bytes=base_bytes,
+            )
         )
-    print(
-        "\nWall-clock scaling is not measured: the devices are simulated on one CPU (they share "
-        "its cores), so timings would not reflect real multi-device runs."
-    )
+    print(json.dumps({"devices": jax.device_count(), "rows": rows}))
 
 
 if __name__ == "__main__":

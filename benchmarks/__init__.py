@@ -1,0 +1,1 @@
+"""jaxdiv's benchmark suite (run from the repository root: ``python -m benchmarks --quick``)."""

@@ -1,0 +1,135 @@
+"""The benchmark suite's machinery: timing records, JSON, and the report built from it.
+
+The benchmarks themselves are not tests (they measure, they don't assert); these check that the
+suite can run and report what it measured faithfully.
+"""
+
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+harness = importlib.import_module("benchmarks.harness")
+report = importlib.import_module("benchmarks.report")
+run = importlib.import_module("benchmarks.run")
+
+
+def test_time_call_counts_warmup_and_repeats():
+    calls = []
+    ticks = iter(range(100))
+    timing = harness.time_call(
+        lambda: calls.append(1), repeats=5, warmup=2, clock=lambda: next(ticks) ** 2
+    )
+    assert len(calls) == 7
+    # Clock readings 0,1 | 4,9 | 16,25 | 36,49 | 64,81: durations 1, 5, 9, 13, 17.
+    assert (timing.median, timing.min, timing.max, timing.repeats) == (9, 1, 17, 5)
+    assert timing / harness.Timing(3, 3, 3, 1) == 3
+
+
+def test_time_call_rejects_zero_repeats():
+    with pytest.raises(ValueError, match="repeats must be >= 1, got 0"):
+        harness.time_call(lambda: None, repeats=0)
+
+
+def test_table_rejects_unknown_columns():
+    table = harness.Table("t", ["a", "b"])
+    table.add(a=1)
+    with pytest.raises(KeyError, match=r"no columns \['c'\]"):
+        table.add(c=2)
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (None, ""),
+        (True, "yes"),
+        (0.5, "0.5"),
+        (171.4, "171"),
+        (132096.0, "132,096"),
+        (1.23e-5, "1.23e-05"),
+        ("x", "x"),
+        (harness.Timing(0.0123, 0.012, 0.0131, 3), "12.3 [12–13.1]"),
+    ],
+)
+def test_format_cell(value, text):
+    assert harness.format_cell(value) == text
+    # A timing reads the same after a trip through JSON.
+    assert harness.format_cell(json.loads(json.dumps(harness.to_json(value)))) == text
+
+
+def fake_results() -> dict:
+    section = harness.Section("demo", "Demo section", "What is measured.")
+    table = section.table("Times", ["what", "time", "ratio"])
+    table.add(what="ours", time=harness.Timing(0.002, 0.001, 0.003, 5), ratio=float("nan"))
+    section.target("fast", "≥ 2×", "3×", True)
+    section.target("small", "≤ 1 GB", "2 GB", False, "the [N, N] plan is 2 GB")
+    section.plot("demo_time", "time vs N", "N", "s").point("ours", 32, 0.1)
+    section.note("a note")
+    meta = dict(
+        date="2026-01-01",
+        device="cpu-2core",
+        backend="cpu",
+        device_kind="cpu",
+        device_count=1,
+        cpu_count=2,
+        processor="x86_64",
+        python="3.11",
+        versions={"jax": "0"},
+        commit="abc",
+        mode="quick",
+        seconds=1.0,
+    )
+    return json.loads(json.dumps({"meta": meta, "sections": harness.to_json([section])}))
+
+
+def test_report_from_json(tmp_path):
+    path = report.write(fake_results(), tmp_path, "stem", plots=False)
+    text = path.read_text()
+    assert "| ours | 2 [1–3] |  |" in text  # NaN ratio: a blank cell, not a made-up number
+    assert "**1 of 2 targets met.**" in text
+    assert "| small | ≤ 1 GB | 2 GB | **NOT MET** | the [N, N] plan is 2 GB |" in text
+    assert "no GPU/TPU numbers" in text  # a CPU run says so, and fakes nothing
+    assert "demo_time.png" not in text  # plots off: none linked
+    assert "- a note" in text
+
+
+def test_every_section_module_has_run():
+    for key in run.SECTIONS:
+        module = importlib.import_module(f"benchmarks.{key}")
+        assert callable(module.run), key
+
+
+def test_cli_help_runs_from_repo_root():
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "--quick" in out and "--only" in out
+
+
+def test_jaxpr_eqns_counts_scan_bodies():
+    import jax
+    import jax.numpy as jnp
+
+    def fn(x):  # 2 exps of [3] per step, 5 steps; 1 exp of [3] outside
+        def body(carry, _):
+            return jnp.exp(jnp.exp(carry)), None
+
+        return jnp.exp(jax.lax.scan(body, x, None, length=5)[0])
+
+    jaxpr = jax.make_jaxpr(fn)(jnp.zeros(3)).jaxpr
+    counts = [
+        times * eqn.outvars[0].aval.size
+        for eqn, times in harness.jaxpr_eqns(jaxpr)
+        if eqn.primitive.name == "exp"
+    ]
+    assert sorted(counts) == [3, 15, 15]
