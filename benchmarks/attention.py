@@ -308,7 +308,9 @@ def chunk_sizes(section: harness.Section, quick: bool, repeats: int) -> None:
         rows = {}
         for chunk in (32, 64, 128, 256):
             rows[chunk] = [
-                harness.time_jax(jax_grad("chunked", chunk), *inputs(length, d), repeats=repeats)[0]
+                harness.time_jax(
+                    jax_grad("chunked", chunk), *inputs(length, d), repeats=repeats
+                ).timing
                 for d in (False, True)
             ]
         for chunk, (plain, decayed) in rows.items():

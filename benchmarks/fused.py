@@ -34,16 +34,6 @@ def value_and_grads(fused: bool, chunk: int):
     return jax.value_and_grad(lambda *a: loss(fused, chunk, *a), argnums=(0, 1))
 
 
-def measure(fn, inputs, repeats):
-    """(Timing, peak bytes, output): the output is the warm-up call's."""
-    compiled = harness.compile_jax(fn, *inputs)
-    out = jax.block_until_ready(compiled(*inputs))
-    timing = harness.time_call(
-        lambda: jax.block_until_ready(compiled(*inputs)), repeats=repeats, warmup=0
-    )
-    return timing, harness.peak_bytes(compiled), out
-
-
 def mismatch(out, ref) -> float:
     """Largest of the value's relative difference and each gradient's max |difference| over its
     largest entry."""
@@ -85,8 +75,10 @@ def run(quick: bool) -> harness.Section:
         jax.random.normal(keys[2], (n, D)),
         jax.random.normal(keys[3], (D, V)) * D**-0.5,
     )
-    t_plain, m_plain, out_plain = measure(value_and_grads(False, chunk), inputs, repeats)
-    t_fused, m_fused, out_fused = measure(value_and_grads(True, chunk), inputs, repeats)
+    plain = harness.time_jax(value_and_grads(False, chunk), *inputs, repeats=repeats)
+    fused = harness.time_jax(value_and_grads(True, chunk), *inputs, repeats=repeats)
+    t_plain, m_plain, out_plain = plain.timing, plain.peak_bytes, plain.out
+    t_fused, m_fused, out_fused = fused.timing, fused.peak_bytes, fused.out
     err = mismatch(out_fused, out_plain)
     table = section.table(
         f"Forward KL value + student gradients, {at}",
@@ -115,8 +107,7 @@ def run(quick: bool) -> harness.Section:
     time_ratio, memory_ratio = t_fused / t_plain, m_fused / m_plain
     why_slow = ""
     if time_ratio > TIME_RATIO:  # what the extra time is: the recomputed logit matmuls?
-        hs, ws, ht, wt = inputs
-        t_mm, _ = harness.time_jax(lambda a, b, c, d: (a @ b, c @ d), hs, ws, ht, wt, repeats=2)
+        t_mm = harness.time_jax(lambda a, b, c, d: (a @ b, c @ d), *inputs, repeats=2).timing
         why_slow = (
             f"fused − unfused = {(t_fused.median - t_plain.median) * 1e3:.0f} ms; the two "
             f"[{n}, {D}] @ [{D}, {V}] logit matmuls that the fused backward pass recomputes "

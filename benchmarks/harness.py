@@ -64,13 +64,42 @@ def peak_bytes(compiled) -> int:
     return stats.temp_size_in_bytes + stats.argument_size_in_bytes + stats.output_size_in_bytes
 
 
-def time_jax(fn: Callable, *args, repeats: int, warmup: int = 1, clock=time.perf_counter):
-    """(Timing, peak bytes) of ``jax.jit(fn)(*args)``, compiled once, blocked on every call."""
-    compiled = compile_jax(fn, *args)
+@dataclasses.dataclass(frozen=True)
+class JaxRun:
+    """A compiled JAX program's timing and the output of its first (warm-up) call."""
+
+    timing: Timing
+    out: Any
+    compiled: Any
+
+    @property
+    def peak_bytes(self) -> int:
+        return peak_bytes(self.compiled)
+
+    @property
+    def temp_bytes(self) -> int:
+        return self.compiled.memory_analysis().temp_size_in_bytes
+
+
+def time_compiled(compiled, *args, repeats: int, warmup: int = 1, clock=time.perf_counter):
+    """(Timing, output of the first warm-up call) of ``compiled(*args)``, blocked on every call."""
+    if warmup < 1:
+        raise ValueError(f"warmup must be >= 1 (its output is returned), got {warmup}")
+    out = jax.block_until_ready(compiled(*args))
     timing = time_call(
-        lambda: jax.block_until_ready(compiled(*args)), repeats=repeats, warmup=warmup, clock=clock
+        lambda: jax.block_until_ready(compiled(*args)),
+        repeats=repeats,
+        warmup=warmup - 1,
+        clock=clock,
     )
-    return timing, peak_bytes(compiled)
+    return timing, out
+
+
+def time_jax(fn: Callable, *args, repeats: int, warmup: int = 1, clock=time.perf_counter):
+    """``jax.jit(fn)`` compiled once for ``args`` and timed: a ``JaxRun``."""
+    compiled = compile_jax(fn, *args)
+    timing, out = time_compiled(compiled, *args, repeats=repeats, warmup=warmup, clock=clock)
+    return JaxRun(timing, out, compiled)
 
 
 def jaxpr_eqns(jaxpr, times: int = 1):

@@ -119,10 +119,7 @@ def _timed(fn, args, *, patch=None, repeats: int):
     peak = harness.peak_bytes(compiled)
     if peak > MAX_BYTES:
         return None, peak, None
-    out = jax.block_until_ready(compiled(*args))
-    timing = harness.time_call(
-        lambda: jax.block_until_ready(compiled(*args)), repeats=repeats, warmup=0
-    )
+    timing, out = harness.time_compiled(compiled, *args, repeats=repeats)
     return timing, peak, out
 
 
@@ -159,7 +156,7 @@ def _selective_scan(section: harness.Section, quick: bool) -> None:
         args = _scan_inputs(length)
         elements = BATCH * length * CHANNELS * STATE
         x = jax.random.uniform(jax.random.key(1), (EXP_CHUNK,), minval=-5.0, maxval=0.0)
-        exp_time, _ = harness.time_jax(jnp.exp, x, repeats=20 if quick else 60, warmup=3)
+        exp_time = harness.time_jax(jnp.exp, x, repeats=20 if quick else 60, warmup=3).timing
         rate = EXP_CHUNK / exp_time.min  # the fastest call: the least disturbed by other load
         bound = {"fwd": elements / rate, "fwd+bwd": 2 * elements / rate}
         table.add(
@@ -379,7 +376,7 @@ def _dense(section: harness.Section, quick: bool) -> None:
             make(places[0][1], d_in, d_out).items(), (1, 3), strict=True
         ):
             t = {
-                name: harness.time_jax(fn, *args, repeats=repeats, warmup=2)[0]
+                name: harness.time_jax(fn, *args, repeats=repeats, warmup=2).timing
                 for name, (fn, args) in variants.items()
             }
             flops = 2 * rows * d_in * d_out * factor * matmuls

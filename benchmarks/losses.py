@@ -111,16 +111,6 @@ def mismatch(value, grad, ref_value, ref_grad) -> tuple[float, float]:
     return abs(value - ref_value) / abs(ref_value), float(grad_err)
 
 
-def measure_jax(fn, s, t, repeats):
-    """(Timing, temporaries in bytes, (value, gradient)) of the jitted value + student gradient."""
-    compiled = harness.compile_jax(value_and_student_grad(fn), s, t)
-    out = jax.block_until_ready(compiled(s, t))  # the warm-up
-    timing = harness.time_call(
-        lambda: jax.block_until_ready(compiled(s, t)), repeats=repeats, warmup=0
-    )
-    return timing, compiled.memory_analysis().temp_size_in_bytes, out
-
-
 def run(quick: bool) -> harness.Section:
     shape = (4, 256, 32000) if quick else (8, 512, 32000)
     dtypes = (jnp.float32,) if quick else (jnp.float32, jnp.bfloat16)
@@ -166,11 +156,13 @@ def run(quick: bool) -> harness.Section:
         t = (3 * jax.random.normal(kt, shape)).astype(dtype)
         s_host, t_host = np.asarray(s), np.asarray(t)
         for name, ours, optax_fn, numpy_fn in DIVERGENCES:
-            t_ours, m_ours, (value, grad) = measure_jax(ours, s, t, repeats)
+            mine = harness.time_jax(value_and_student_grad(ours), s, t, repeats=repeats)
+            t_ours, m_ours, (value, grad) = mine.timing, mine.temp_bytes, mine.out
             row = {"divergence": name, "dtype": name_dtype, "jaxdiv": t_ours}
             row["temps jaxdiv"] = m_ours / unit
 
-            t_optax, m_optax, (o_value, o_grad) = measure_jax(optax_fn, s, t, repeats)
+            theirs = harness.time_jax(value_and_student_grad(optax_fn), s, t, repeats=repeats)
+            t_optax, m_optax, (o_value, o_grad) = theirs.timing, theirs.temp_bytes, theirs.out
             n_out = numpy_fn(s_host, t_host)
             tol = GRAD_RTOL[name_dtype]
             for peer, (p_value, p_grad) in (("optax", (o_value, o_grad)), ("NumPy", n_out)):

@@ -95,8 +95,10 @@ def run(quick: bool) -> harness.Section:
             np.max(np.abs(np.asarray(jax.jit(dplr)(*dplr_args)) - ref)) / np.max(np.abs(ref))
         )
         worst = max(worst, err)
-        t_naive, m_naive = harness.time_jax(naive, *dplr_args, repeats=repeats)
-        t_diag, m_diag = harness.time_jax(diag, *diag_args, repeats=repeats)
+        naive_run = harness.time_jax(naive, *dplr_args, repeats=repeats)
+        t_naive, m_naive = naive_run.timing, naive_run.peak_bytes
+        diag_run = harness.time_jax(diag, *diag_args, repeats=repeats)
+        t_diag, m_diag = diag_run.timing, diag_run.peak_bytes
         row = {
             "L": length,
             "naive ms": t_naive,
@@ -109,7 +111,8 @@ def run(quick: bool) -> harness.Section:
         plot.point("naive dense scan", length, t_naive.median)
         plot.point("diag (S4D)", length, t_diag.median)
         if err <= RTOL:
-            t_dplr, m_dplr = harness.time_jax(dplr, *dplr_args, repeats=repeats)
+            dplr_run = harness.time_jax(dplr, *dplr_args, repeats=repeats)
+            t_dplr, m_dplr = dplr_run.timing, dplr_run.peak_bytes
             row |= {"dplr ms": t_dplr, "dplr speed-up": t_naive / t_dplr}
             row["dplr MiB"] = harness.mib(m_dplr)
             plot.point("dplr (S4)", length, t_dplr.median)

@@ -181,7 +181,7 @@ def _parts(built: dict, params, repeats: int) -> tuple[dict[str, float], float |
             y, pullback = jax.vjp(lambda p, x: nnx.merge(graphdef, p)(x), p, x)
             return y, pullback(y)
 
-        timing, _ = harness.time_jax(fwd_bwd, module_params, x, repeats=repeats)
+        timing = harness.time_jax(fwd_bwd, module_params, x, repeats=repeats).timing
         parts[f"{len(found)}× {name}"] = len(found) * timing.median
     scans = None
     if "mamba" in modules:
@@ -196,7 +196,7 @@ def _parts(built: dict, params, repeats: int) -> tuple[dict[str, float], float |
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
-    timing, _ = harness.time_jax(update, params, tx.init(params), params, repeats=repeats)
+    timing = harness.time_jax(update, params, tx.init(params), params, repeats=repeats).timing
     parts["optimizer"] = timing.median
     return parts, scans
 
@@ -219,7 +219,7 @@ def _scan_fwd_bwd(lead, channels: int, state: int, method: str, repeats: int):
         y, pullback = jax.vjp(lambda *a: selective_scan(*a, method=method), *args)
         return y, pullback(y)
 
-    return harness.time_jax(fwd_bwd, u, delta, A, B, C, D, z, repeats=repeats)[0]
+    return harness.time_jax(fwd_bwd, u, delta, A, B, C, D, z, repeats=repeats).timing
 
 
 def _mfu_reason(step_s, dots, matmul_s, matmul_flops, parts, scans, peak) -> str:
@@ -254,13 +254,13 @@ def _time_dot(key, repeats: int) -> float:
     """Median seconds of this dot_general alone (jitted, random float inputs)."""
     (lhs, lhs_dtype), (rhs, rhs_dtype), dims, preferred = key
     a, b = _normal(lhs).astype(lhs_dtype), _normal(rhs).astype(rhs_dtype)
-    timing, _ = harness.time_jax(
+    run = harness.time_jax(
         lambda a, b: lax.dot_general(a, b, dims, preferred_element_type=preferred),
         a,
         b,
         repeats=repeats,
     )
-    return timing.median
+    return run.timing.median
 
 
 def _presets(section: harness.Section, quick: bool) -> None:

@@ -67,6 +67,8 @@ from . import s4_kernels as sk
 from .attention import softmax_attention
 from .lightnet import LightNetState, lightnet_attention
 from .linear_attention import (
+    _check_log_decay,
+    _check_qkv,
     combine_linear_attention_states,
     linear_attention,
     linear_attention_chunk_state,
@@ -223,25 +225,13 @@ def lasp2_linear_attention(
       Sun, Lan, Zhong, Qu, Cheng, "LASP-2: Rethinking Sequence Parallelism for Linear Attention
       and Its Hybrid", https://arxiv.org/abs/2502.07563, Section 3 (Algorithms 1–2).
     """
-    q = _checks.float_array(q, "q")
-    k = _checks.float_array(k, "k")
-    v = _checks.float_array(v, "v")
-    if q.ndim != 4:
-        raise ValueError(f"`q` must have shape [B, L, H, dk], got shape {q.shape}.")
-    _checks.same_shape(q, k, ("q", "k"))
-    _checks.exact_shape(v, (*q.shape[:3], v.shape[-1]), "v", "[B, L, H, dv] matching q")
-    if log_decay is not None:
-        log_decay = _checks.float_array(log_decay, "log_decay")
-        if log_decay.shape not in (q.shape[:3], q.shape):
-            raise ValueError(
-                f"`log_decay` must have shape {q.shape[:3]} ([B, L, H]) or {q.shape} "
-                f"([B, L, H, dk]), got {log_decay.shape}."
-            )
-        if not causal:
-            raise ValueError(
-                "`causal=False` (bidirectional) requires `log_decay=None`, got log_decay of "
-                f"shape {log_decay.shape}."
-            )
+    q, k, v = _check_qkv(q, k, v)
+    log_decay = _check_log_decay(log_decay, q)
+    if log_decay is not None and not causal:
+        raise ValueError(
+            "`causal=False` (bidirectional) requires `log_decay=None`, got log_decay of "
+            f"shape {log_decay.shape}."
+        )
     B, L, H, K = q.shape
     batch, tensor = _layout(mesh, axis_name, L, B, H)
     dtype = _checks.compute_dtype(q, k, v, *([] if log_decay is None else [log_decay]))
@@ -363,13 +353,7 @@ def lasp2_lightnet_attention(
       LightNet", https://arxiv.org/abs/2405.21022, Section 3; Sun et al., "LASP-2",
       https://arxiv.org/abs/2502.07563, Section 3.
     """
-    q = _checks.float_array(q, "q")
-    k = _checks.float_array(k, "k")
-    v = _checks.float_array(v, "v")
-    if q.ndim != 4:
-        raise ValueError(f"`q` must have shape [B, L, H, dk], got shape {q.shape}.")
-    _checks.same_shape(q, k, ("q", "k"))
-    _checks.exact_shape(v, (*q.shape[:3], v.shape[-1]), "v", "[B, L, H, dv] matching q")
+    q, k, v = _check_qkv(q, k, v)
     B, L, H, K = q.shape
     batch, tensor = _layout(mesh, axis_name, L, B, H)
     dtype = _checks.compute_dtype(q, k, v)
@@ -431,13 +415,7 @@ def lasp2h_attention(
       Sun et al., "LASP-2: Rethinking Sequence Parallelism for Linear Attention and Its
       Hybrid", https://arxiv.org/abs/2502.07563, Section 3.3 (LASP-2H).
     """
-    q = _checks.float_array(q, "q")
-    k = _checks.float_array(k, "k")
-    v = _checks.float_array(v, "v")
-    if q.ndim != 4:
-        raise ValueError(f"`q` must have shape [B, L, H, d], got shape {q.shape}.")
-    _checks.same_shape(q, k, ("q", "k"))
-    _checks.exact_shape(v, (*q.shape[:3], v.shape[-1]), "v", "[B, L, H, dv] matching q")
+    q, k, v = _check_qkv(q, k, v)
     B, L, H, _ = q.shape
     batch, tensor = _layout(mesh, axis_name, L, B, H)
     spec = P_(batch, axis_name, tensor, None)

@@ -133,3 +133,15 @@ def test_jaxpr_eqns_counts_scan_bodies():
         if eqn.primitive.name == "exp"
     ]
     assert sorted(counts) == [3, 15, 15]
+
+
+def test_time_jax_returns_the_warmup_output_and_memory():
+    import jax.numpy as jnp
+
+    x = jnp.arange(4.0)
+    run_ = harness.time_jax(lambda x: x * 2.0, x, repeats=2)
+    assert run_.out.tolist() == [0.0, 2.0, 4.0, 6.0]
+    assert run_.timing.repeats == 2
+    assert run_.peak_bytes >= 2 * x.nbytes  # the argument and the output at least
+    with pytest.raises(ValueError, match="warmup must be >= 1"):
+        harness.time_compiled(run_.compiled, x, repeats=1, warmup=0)
