@@ -1,7 +1,7 @@
 """The benchmark suite: jaxdiv side by side with the libraries users would pick instead.
 
     python -m benchmarks --quick                 # under 5 minutes on 2 CPU cores
-    python -m benchmarks                         # full sizes (about 25 minutes on 2 CPU cores)
+    python -m benchmarks                         # full sizes (14 minutes on 2 CPU cores)
     python -m benchmarks --only sinkhorn mamba   # some sections
     python -m benchmarks.report benchmarks/results/<file>.json   # rebuild a report from its JSON
 
