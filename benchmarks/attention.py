@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import harness
-from jaxdiv.models.attention import softmax_attention
-from jaxdiv.models.linear_attention import linear_attention
+from jaxdiv.models.attention.linear import linear_attention
+from jaxdiv.models.attention.softmax import softmax_attention
 
 # B batch, L length, H heads, K key dim, V value dim, N chunks, C chunk length
 

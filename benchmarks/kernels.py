@@ -1,6 +1,6 @@
 """Kernels vs this machine's bounds: the selective scan vs exp throughput, dense layers vs matmul.
 
-1. Selective scan (``jaxdiv.models.selective_scan``), B=2, D=256, N=16, float32, L = 1k (quick)
+1. Selective scan (``jaxdiv.models.ssm.selective_scan``), B=2, D=256, N=16, float32, L = 1k (quick)
    or {1k, 4k, 16k}: forward and forward+backward (gradient of sum(y²) in u, Δ, A, B, C) of
    every method, plus "sequential (autodiff)" (the sequential scan with its custom VJP
    bypassed). Each time is divided by a bound measured in the same run: the time this machine
@@ -49,8 +49,8 @@ from jaxdiv.train import trainer
 from jaxdiv.train.data import get_task
 from jaxdiv.train.flops import peak_flops
 
-# The module (``jaxdiv.models.selective_scan`` as an attribute is the re-exported function).
-ss = importlib.import_module("jaxdiv.models.selective_scan")
+# The module (``jaxdiv.models.ssm.selective_scan`` as an attribute is the re-exported function).
+ss = importlib.import_module("jaxdiv.models.ssm.selective_scan")
 
 BATCH, CHANNELS, STATE = 2, 256, 16
 EXP_CHUNK = 1 << 22

@@ -30,29 +30,24 @@ os.environ["XLA_FLAGS"] = " ".join(
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import math  # noqa: E402
-import re  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from jax import lax  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
-from jaxdiv.models.linear_attention import linear_attention  # noqa: E402
+from jaxdiv.models.attention.linear import linear_attention  # noqa: E402
 from jaxdiv.models.parallel import lasp2_linear_attention  # noqa: E402
+from jaxdiv.models.sharding import MESH_AXES  # noqa: E402
+from jaxdiv.train.hlo import collectives  # noqa: E402
 
 H, D, W = 4, 64, 8
-_COLLECTIVE = re.compile(
-    r"= (\w+)\[([\d,]*)\][^ ]* (all-gather|all-reduce|reduce-scatter|collective-permute|"
-    r"all-to-all)(?:-start)?\("
-)
-_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "f64": 8, "s32": 4, "u32": 4, "pred": 1}
 
 
 def mesh():
     return jax.make_mesh(
         (1, 1, W, 1),
-        ("data", "fsdp", "sequence", "tensor"),
+        MESH_AXES,
         axis_types=(jax.sharding.AxisType.Auto,) * 4,
     )
 
@@ -78,11 +73,8 @@ def gather_kv(q, k, v, g, *, mesh):
 
 
 def collective_bytes(text: str) -> int:
-    total = 0
-    for dtype, dims, kind in _COLLECTIVE.findall(text):
-        size = math.prod(int(d) for d in dims.split(",") if d) * _BYTES[dtype]
-        total += size * (W if kind == "reduce-scatter" else 1)
-    return total
+    """Bytes moved: a reduce-scatter's input is W times its result."""
+    return sum(c.nbytes * (W if c.kind == "reduce-scatter" else 1) for c in collectives(text))
 
 
 def analyse(fn, args, shardings=None):

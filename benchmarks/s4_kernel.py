@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import harness
-from jaxdiv.models.s4_kernels import discretize_dplr, nplr_legs, ssm_kernel_diag, ssm_kernel_dplr
+from jaxdiv.models.ssm.s4_ops import discretize_dplr, nplr_legs, ssm_kernel_diag, ssm_kernel_dplr
 
 # H channels, N2 conjugate pairs (N = 2 N2 real state), L length
 

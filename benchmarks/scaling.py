@@ -18,10 +18,10 @@ import numpy as np
 from flax import nnx
 
 from benchmarks import harness
-from jaxdiv.models.attention_blocks import AttentionBlock, LightNetBlock, LinearAttentionBlock
+from jaxdiv.models.attention.blocks import AttentionBlock, LightNetBlock, LinearAttentionBlock
 from jaxdiv.models.lm import MIXERS
-from jaxdiv.models.mamba import MambaBlock
-from jaxdiv.models.s4 import S4Block
+from jaxdiv.models.ssm.mamba import MambaBlock
+from jaxdiv.models.ssm.s4 import S4Block
 
 # B batch, L length, D model width
 

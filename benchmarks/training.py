@@ -36,7 +36,7 @@ from jax import lax
 
 from benchmarks import harness
 from jaxdiv.models import MIXERS, LanguageModel, LMConfig
-from jaxdiv.models.selective_scan import selective_scan
+from jaxdiv.models.ssm.selective_scan import selective_scan
 from jaxdiv.train import config as train_config
 from jaxdiv.train import sharding as shard_lib
 from jaxdiv.train import trainer

@@ -8,8 +8,9 @@ fp32/bf16), so values and gradients stay finite for log-ratios of any size.
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
-from jaxdiv import _checks
+from jaxdiv import checks
 
 EXP_CLAMP = 80.0
 """Largest argument passed to ``exp`` for a log-ratio (``exp(80) ~ 5.5e34``, finite in float32)."""
@@ -34,14 +35,14 @@ def _fdpo_psi(log_u: jax.Array, divergence: str, alpha) -> jax.Array:
 
 
 def fdpo_loss(
-    policy_chosen_logps,
-    policy_rejected_logps,
-    ref_chosen_logps,
-    ref_rejected_logps,
+    policy_chosen_logps: ArrayLike,
+    policy_rejected_logps: ArrayLike,
+    ref_chosen_logps: ArrayLike,
+    ref_rejected_logps: ArrayLike,
     *,
-    beta=0.1,
+    beta: float | jax.Array = 0.1,
     divergence: str = "reverse_kl",
-    alpha=0.5,
+    alpha: float | jax.Array = 0.5,
 ) -> jax.Array:
     r"""f-DPO: direct preference optimisation under an f-divergence regulariser, per pair.
 
@@ -109,7 +110,7 @@ def fdpo_loss(
         "ref_rejected_logps",
     )
     arrays = [
-        _checks.float_array(a, n)
+        checks.float_array(a, n)
         for a, n in zip(
             (policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps),
             names,
@@ -117,13 +118,13 @@ def fdpo_loss(
         )
     ]
     for a, n in zip(arrays[1:], names[1:], strict=True):
-        _checks.same_shape(arrays[0], a, (names[0], n))
-    _checks.one_of(divergence, "divergence", FDPO_DIVERGENCES)
-    _checks.positive(beta, "beta")
+        checks.same_shape(arrays[0], a, (names[0], n))
+    checks.one_of(divergence, "divergence", FDPO_DIVERGENCES)
+    checks.positive(beta, "beta")
     if divergence == "alpha":
-        _checks.scalar_in_range(alpha, "alpha", low=0.0, high=1.0, low_open=True, high_open=True)
+        checks.scalar_in_range(alpha, "alpha", low=0.0, high=1.0, low_open=True, high_open=True)
 
-    dtype = _checks.compute_dtype(*arrays)
+    dtype = checks.compute_dtype(*arrays)
     pi_w, pi_l, ref_w, ref_l = (a.astype(dtype) for a in arrays)
     log_u_w = pi_w - ref_w
     log_u_l = pi_l - ref_l
@@ -150,7 +151,7 @@ def _fdpg_f_prime(log_t: jax.Array, divergence: str) -> jax.Array:
 def _scalar_or_like(value, like: jax.Array, name: str) -> jax.Array:
     if isinstance(value, int) and not isinstance(value, bool):
         value = float(value)  # a Python number such as log_z=0
-    value = _checks.float_array(value, name)
+    value = checks.float_array(value, name)
     if value.shape not in ((), like.shape):
         raise ValueError(
             f"`{name}` must be a scalar or have shape {like.shape} (one per sample), "
@@ -160,13 +161,13 @@ def _scalar_or_like(value, like: jax.Array, name: str) -> jax.Array:
 
 
 def fdpg_loss(
-    policy_logps,
-    proposal_logps,
-    target_log_scores,
+    policy_logps: ArrayLike,
+    proposal_logps: ArrayLike,
+    target_log_scores: ArrayLike,
     *,
     divergence: str = "js",
-    log_z,
-    baseline=0.0,
+    log_z: ArrayLike,
+    baseline: ArrayLike = 0.0,
 ) -> jax.Array:
     r"""f-DPG surrogate loss: its gradient is the policy-gradient estimate of ∇ D_f(π_θ ‖ p).
 
@@ -232,16 +233,16 @@ def fdpg_loss(
       (the f-DPG gradient estimator; authors' library https://github.com/naver/disco,
       ``disco/tuners/losses``).
     """
-    log_pi = _checks.float_array(policy_logps, "policy_logps")
-    log_q = _checks.float_array(proposal_logps, "proposal_logps")
-    log_p_unnorm = _checks.float_array(target_log_scores, "target_log_scores")
-    _checks.same_shape(log_pi, log_q, ("policy_logps", "proposal_logps"))
-    _checks.same_shape(log_pi, log_p_unnorm, ("policy_logps", "target_log_scores"))
-    _checks.one_of(divergence, "divergence", FDPG_DIVERGENCES)
+    log_pi = checks.float_array(policy_logps, "policy_logps")
+    log_q = checks.float_array(proposal_logps, "proposal_logps")
+    log_p_unnorm = checks.float_array(target_log_scores, "target_log_scores")
+    checks.same_shape(log_pi, log_q, ("policy_logps", "proposal_logps"))
+    checks.same_shape(log_pi, log_p_unnorm, ("policy_logps", "target_log_scores"))
+    checks.one_of(divergence, "divergence", FDPG_DIVERGENCES)
     log_z = _scalar_or_like(log_z, log_pi, "log_z")
     baseline = _scalar_or_like(baseline, log_pi, "baseline")
 
-    dtype = _checks.compute_dtype(log_pi, log_q, log_p_unnorm, log_z, baseline)
+    dtype = checks.compute_dtype(log_pi, log_q, log_p_unnorm, log_z, baseline)
     log_pi = log_pi.astype(dtype)
     sg_log_pi = jax.lax.stop_gradient(log_pi)
     log_p = jax.lax.stop_gradient(log_p_unnorm.astype(dtype) - log_z.astype(dtype))

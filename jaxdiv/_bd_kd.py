@@ -16,8 +16,9 @@ Conventions (API.md §1): student first, teacher second, per-row output, ``where
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
-from jaxdiv import _checks
+from jaxdiv import checks
 from jaxdiv._logits import finish, kl, log_probs
 
 
@@ -29,7 +30,7 @@ def _entropy(log_p: jax.Array) -> jax.Array:
 
 
 def _check_sharpness(sharpness) -> None:
-    v = _checks.concrete(sharpness)
+    v = checks.concrete(sharpness)
     if v is not None and not v >= 0.0:  # also rejects NaN; +inf is allowed (hard switch)
         raise ValueError(f"`sharpness` must be a number in [0, inf], got {v}.")
 
@@ -41,8 +42,14 @@ def _gated_kl(used: jax.Array, log_p: jax.Array, log_q: jax.Array) -> jax.Array:
 
 
 def bd_kd(
-    student_logits, teacher_logits, *, sharpness=float("inf"), temperature=1.0, axis=-1, where=None
-):
+    student_logits: ArrayLike,
+    teacher_logits: ArrayLike,
+    *,
+    sharpness: float | jax.Array = float("inf"),
+    temperature: float | jax.Array = 1.0,
+    axis: int = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
     r"""BD-KD student distillation term: forward and reverse KL weighted per row by the entropy gap.
 
     .. math::
@@ -117,7 +124,14 @@ def bd_kd(
     return finish((1.0 - w) * forward + w * reverse, lp.row_mask)
 
 
-def bd_kd_teacher(student_logits, teacher_logits, *, temperature=1.0, axis=-1, where=None):
+def bd_kd_teacher(
+    student_logits: ArrayLike,
+    teacher_logits: ArrayLike,
+    *,
+    temperature: float | jax.Array = 1.0,
+    axis: int = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
     r"""BD-KD teacher-side regulariser: the reverse KL :math:`\mathrm{KL}(p_s \,\|\, p_t)`.
 
     .. math::

@@ -11,14 +11,15 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
-from jaxdiv import _checks
+from jaxdiv import checks
 
 # M, N samples; D features
 
 
 def _samples(x, name: str) -> jax.Array:
-    x = _checks.float_array(x, name)
+    x = checks.float_array(x, name)
     if x.ndim != 2:
         raise ValueError(f"`{name}` must have rank 2 ([N, D] samples), got shape {x.shape}.")
     return x
@@ -50,12 +51,14 @@ def _log_gram(a: jax.Array, b: jax.Array, sigma: jax.Array) -> jax.Array:
 
 
 def _prepare(arrays, sigma):
-    _checks.positive(sigma, "sigma")
-    dtype = _checks.compute_dtype(*arrays)
+    checks.positive(sigma, "sigma")
+    dtype = checks.compute_dtype(*arrays)
     return [a.astype(dtype) for a in arrays], jnp.asarray(sigma, dtype)
 
 
-def cauchy_schwarz_divergence(x, y, *, sigma=1.0) -> jax.Array:
+def cauchy_schwarz_divergence(
+    x: ArrayLike, y: ArrayLike, *, sigma: float | jax.Array = 1.0
+) -> jax.Array:
     r"""Cauchy–Schwarz divergence between two sample sets (Gaussian-kernel plug-in estimate).
 
     .. math::
@@ -107,7 +110,9 @@ def _log_weighted_sum(log_k: jax.Array, log_l: jax.Array, log_d: jax.Array) -> j
     return jax.nn.logsumexp(jax.nn.logsumexp(log_k + log_l, axis=-1) - log_d)
 
 
-def conditional_cs_divergence(x, y, y_pred, *, sigma=1.0) -> jax.Array:
+def conditional_cs_divergence(
+    x: ArrayLike, y: ArrayLike, y_pred: ArrayLike, *, sigma: float | jax.Array = 1.0
+) -> jax.Array:
     r"""Conditional CS divergence :math:`D_{CS}(p(y|x)\|q(\hat y|x))`: the CS-IB prediction term.
 
     .. math::
@@ -151,7 +156,7 @@ def conditional_cs_divergence(x, y, y_pred, *, sigma=1.0) -> jax.Array:
     y = _samples(y, "y")
     y_pred = _samples(y_pred, "y_pred")
     _same_samples(x, y, ("x", "y"))
-    _checks.same_shape(y, y_pred, ("y", "y_pred"))
+    checks.same_shape(y, y_pred, ("y", "y_pred"))
     (x, y, y_pred), sigma = _prepare((x, y, y_pred), sigma)
     log_k = _log_gram(x, x, sigma)  # [N, N]
     log_d = jax.nn.logsumexp(2.0 * log_k, axis=-1)  # [N]
@@ -171,7 +176,9 @@ def _cs_qmi(log_kx: jax.Array, log_kz: jax.Array) -> jax.Array:
     return (log_joint + log_marginals - 2.0 * log_cross) / math.log(2.0)
 
 
-def cs_mutual_information(x, z, *, sigma=1.0, normalized: bool = False) -> jax.Array:
+def cs_mutual_information(
+    x: ArrayLike, z: ArrayLike, *, sigma: float | jax.Array = 1.0, normalized: bool = False
+) -> jax.Array:
     r"""Cauchy–Schwarz quadratic mutual information :math:`I_{CS}(x; z)` (CS-IB compression term).
 
     .. math::

@@ -6,8 +6,9 @@ exactly 0 (finite gradients, even when masked entries hold NaN, -inf or padding 
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
-from jaxdiv import _checks
+from jaxdiv import checks
 
 # B batch, L length, V vocabulary
 
@@ -25,7 +26,7 @@ def _row_mask(where, shape: tuple[int, ...]) -> jax.Array:
     where = jnp.asarray(where)
     if where.dtype != jnp.bool_:
         raise TypeError(f"`where` must be a boolean mask, got dtype {where.dtype}.")
-    _checks.exact_shape(where, shape, "where", "[B, L]")
+    checks.exact_shape(where, shape, "where", "[B, L]")
     return where
 
 
@@ -55,7 +56,14 @@ def _first_occurrence(token_ids: jax.Array, valid: jax.Array) -> jax.Array:
     return jax.vmap(lambda o, f: jnp.zeros_like(f).at[o].set(f))(order, first_sorted)
 
 
-def dcpdd_score(token_logprobs, token_ids, ref_freq, *, a=0.01, where=None) -> jax.Array:
+def dcpdd_score(
+    token_logprobs: ArrayLike,
+    token_ids: ArrayLike,
+    ref_freq: ArrayLike,
+    *,
+    a: float | jax.Array = 0.01,
+    where: ArrayLike | None = None,
+) -> jax.Array:
     r"""DC-PDD pretraining-data detection score per sequence (divergence-calibrated).
 
     .. math::
@@ -103,18 +111,18 @@ def dcpdd_score(token_logprobs, token_ids, ref_freq, *, a=0.01, where=None) -> j
       Language Models: A Divergence-based Calibration Method", EMNLP 2024,
       https://arxiv.org/abs/2409.14781 (Sec. 3; code https://github.com/zhang-wei-chao/DC-PDD).
     """
-    log_p = _checks.float_array(token_logprobs, "token_logprobs")
+    log_p = checks.float_array(token_logprobs, "token_logprobs")
     ids = _int_array(token_ids, "token_ids")
-    ref_freq = _checks.float_array(ref_freq, "ref_freq")
+    ref_freq = checks.float_array(ref_freq, "ref_freq")
     if log_p.ndim != 2:
         raise ValueError(f"`token_logprobs` must have rank 2 ([B, L]), got shape {log_p.shape}.")
-    _checks.exact_shape(ids, log_p.shape, "token_ids", "[B, L]")
+    checks.exact_shape(ids, log_p.shape, "token_ids", "[B, L]")
     if ref_freq.ndim != 1:
         raise ValueError(f"`ref_freq` must have rank 1 ([V]), got shape {ref_freq.shape}.")
-    _checks.positive(a, "a")
+    checks.positive(a, "a")
     valid = _row_mask(where, log_p.shape)
 
-    dtype = _checks.compute_dtype(log_p, ref_freq)
+    dtype = checks.compute_dtype(log_p, ref_freq)
     safe_ids = jnp.where(valid, ids, 0)
     prob = jnp.exp(jnp.where(valid, log_p.astype(dtype), 0.0))  # [B, L]
     neg_log_ref = -jnp.log(ref_freq.astype(dtype)[safe_ids])  # [B, L]
@@ -122,7 +130,9 @@ def dcpdd_score(token_logprobs, token_ids, ref_freq, *, a=0.01, where=None) -> j
     return _masked_sequence_mean(alpha, _first_occurrence(ids, valid))
 
 
-def perplexity_entropy_gap(logits, tokens, *, where=None) -> jax.Array:
+def perplexity_entropy_gap(
+    logits: ArrayLike, tokens: ArrayLike, *, where: ArrayLike | None = None
+) -> jax.Array:
     r"""Zero-shot detection statistic: mean token log-loss minus mean predictive entropy.
 
     .. math::
@@ -164,14 +174,14 @@ def perplexity_entropy_gap(logits, tokens, *, where=None) -> jax.Array:
       Text", ICML 2024,
       https://arxiv.org/abs/2401.12070.
     """
-    logits = _checks.float_array(logits, "logits")
+    logits = checks.float_array(logits, "logits")
     tokens = _int_array(tokens, "tokens")
     if logits.ndim != 3:
         raise ValueError(f"`logits` must have rank 3 ([B, L, V]), got shape {logits.shape}.")
-    _checks.exact_shape(tokens, logits.shape[:2], "tokens", "[B, L]")
+    checks.exact_shape(tokens, logits.shape[:2], "tokens", "[B, L]")
     valid = _row_mask(where, logits.shape[:2])
 
-    dtype = _checks.compute_dtype(logits)
+    dtype = checks.compute_dtype(logits)
     safe_logits = jnp.where(valid[..., None], logits.astype(dtype), 0.0)
     log_p = jax.nn.log_softmax(safe_logits, axis=-1)  # [B, L, V]
     safe_tokens = jnp.where(valid, tokens, 0)

@@ -3,23 +3,24 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
-from jaxdiv import _checks
+from jaxdiv import checks
 from jaxdiv._divergences import forward_kl
 from jaxdiv._logits import finish, kl, log_probs
 from jaxdiv._reduce import masked_mean
 
 
 def top_k_kl(
-    student_logits,
-    teacher_logits,
+    student_logits: ArrayLike,
+    teacher_logits: ArrayLike,
     *,
     k: int,
     renormalize: bool = False,
-    temperature=1.0,
-    axis=-1,
-    where=None,
-):
+    temperature: float | jax.Array = 1.0,
+    axis: int = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
     r"""KL-Top (OSTQuant): forward KL restricted to the teacher's top-:math:`k` classes.
 
     With :math:`\mathcal{K}` the indices of the :math:`k` largest teacher logits of the row:
@@ -80,7 +81,13 @@ def top_k_kl(
     return finish(kl(top_t, top_s), lp.row_mask)
 
 
-def mdcs_consistency(strong_logits, weak_logits, labels, *, where=None):
+def mdcs_consistency(
+    strong_logits: ArrayLike,
+    weak_logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    where: ArrayLike | None = None,
+) -> jax.Array:
     r"""MDCS consistency self-distillation with Confident Instance Sampling; a scalar.
 
     The weak-augmentation view is the teacher, the strong view the student. Only rows whose
@@ -118,18 +125,18 @@ def mdcs_consistency(strong_logits, weak_logits, labels, *, where=None):
         Zhao et al., `MDCS: More Diverse Experts with Consistency Self-distillation for
         Long-tailed Recognition <https://arxiv.org/abs/2308.09922>`_, ICCV 2023, Eq. (9)–(10).
     """
-    strong = _checks.float_array(strong_logits, "strong_logits")
-    weak = _checks.float_array(weak_logits, "weak_logits")
-    _checks.same_shape(strong, weak, ("strong_logits", "weak_logits"))
-    _checks.min_rank(strong, 1, "strong_logits", "[..., C]")
+    strong = checks.float_array(strong_logits, "strong_logits")
+    weak = checks.float_array(weak_logits, "weak_logits")
+    checks.same_shape(strong, weak, ("strong_logits", "weak_logits"))
+    checks.min_rank(strong, 1, "strong_logits", "[..., C]")
     labels = jnp.asarray(labels)
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise TypeError(f"`labels` must have an integer dtype, got dtype {labels.dtype}.")
-    _checks.exact_shape(labels, strong.shape[:-1], "labels", "[...] = logits shape without C")
+    checks.exact_shape(labels, strong.shape[:-1], "labels", "[...] = logits shape without C")
     confident = jnp.argmax(weak, axis=-1) == labels
     if where is not None:
         where = jnp.asarray(where)
-        _checks.exact_shape(where, strong.shape[:-1], "where", "[...] row mask")
+        checks.exact_shape(where, strong.shape[:-1], "where", "[...] row mask")
         confident = confident & where
     per_row = forward_kl(strong, weak, where=confident)
     return masked_mean(per_row, confident)

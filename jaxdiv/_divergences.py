@@ -12,12 +12,20 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
-from jaxdiv import _checks
+from jaxdiv import checks
 from jaxdiv._logits import finish, kl, log_probs, weighted_expm1
 
 
-def forward_kl(student_logits, teacher_logits, *, temperature=1.0, axis=-1, where=None):
+def forward_kl(
+    student_logits: ArrayLike,
+    teacher_logits: ArrayLike,
+    *,
+    temperature: float | jax.Array = 1.0,
+    axis: int = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
     r"""Forward KL divergence :math:`\mathrm{KL}(p_t \,\|\, p_s)` (mode covering).
 
     .. math::
@@ -52,7 +60,14 @@ def forward_kl(student_logits, teacher_logits, *, temperature=1.0, axis=-1, wher
     return finish(kl(lp.teacher, lp.student), lp.row_mask)
 
 
-def reverse_kl(student_logits, teacher_logits, *, temperature=1.0, axis=-1, where=None):
+def reverse_kl(
+    student_logits: ArrayLike,
+    teacher_logits: ArrayLike,
+    *,
+    temperature: float | jax.Array = 1.0,
+    axis: int = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
     r"""Reverse KL divergence :math:`\mathrm{KL}(p_s \,\|\, p_t)` (mode seeking).
 
     .. math::
@@ -97,8 +112,14 @@ def _log_mixture(log_a, log_b, weight_a):
 
 
 def generalized_jsd(
-    student_logits, teacher_logits, *, beta=0.5, temperature=1.0, axis=-1, where=None
-):
+    student_logits: ArrayLike,
+    teacher_logits: ArrayLike,
+    *,
+    beta: float | jax.Array = 0.5,
+    temperature: float | jax.Array = 1.0,
+    axis: int = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
     r"""Generalized Jensen–Shannon divergence of GKD, :math:`\mathrm{JSD}_\beta(p_t \| p_s)`.
 
     .. math::
@@ -131,9 +152,9 @@ def generalized_jsd(
         Agarwal et al., `On-Policy Distillation of Language Models: Learning from
         Self-Generated Mistakes <https://arxiv.org/abs/2306.13649>`_, ICLR 2024, Eq. (1).
     """
-    _checks.scalar_in_range(beta, "beta", low=0.0, high=1.0)
+    checks.scalar_in_range(beta, "beta", low=0.0, high=1.0)
     lp = log_probs(student_logits, teacher_logits, temperature=temperature, axis=axis, where=where)
-    b = _checks.concrete(beta)
+    b = checks.concrete(beta)
     if b == 0.0:
         return finish(kl(lp.teacher, lp.student), lp.row_mask)
     if b == 1.0:
@@ -159,7 +180,14 @@ def generalized_jsd(
     return finish(value, lp.row_mask)
 
 
-def jensen_shannon(student_logits, teacher_logits, *, temperature=1.0, axis=-1, where=None):
+def jensen_shannon(
+    student_logits: ArrayLike,
+    teacher_logits: ArrayLike,
+    *,
+    temperature: float | jax.Array = 1.0,
+    axis: int = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
     r"""Jensen–Shannon divergence, :func:`generalized_jsd` with :math:`\beta = 1/2`.
 
     .. math::
@@ -192,7 +220,15 @@ def jensen_shannon(student_logits, teacher_logits, *, temperature=1.0, axis=-1, 
     )
 
 
-def skew_kl(student_logits, teacher_logits, *, alpha=0.1, temperature=1.0, axis=-1, where=None):
+def skew_kl(
+    student_logits: ArrayLike,
+    teacher_logits: ArrayLike,
+    *,
+    alpha: float | jax.Array = 0.1,
+    temperature: float | jax.Array = 1.0,
+    axis: int = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
     r"""DistiLLM skew KL, :math:`\mathrm{KL}(p_t \,\|\, \alpha p_t + (1-\alpha) p_s)`.
 
     .. math::
@@ -224,15 +260,21 @@ def skew_kl(student_logits, teacher_logits, *, alpha=0.1, temperature=1.0, axis=
         Ko et al., `DistiLLM: Towards Streamlined Distillation for Large Language Models
         <https://arxiv.org/abs/2402.03898>`_, ICML 2024, Eq. (4).
     """
-    _checks.scalar_in_range(alpha, "alpha", low=0.0, high=1.0)
+    checks.scalar_in_range(alpha, "alpha", low=0.0, high=1.0)
     lp = log_probs(student_logits, teacher_logits, temperature=temperature, axis=axis, where=where)
     log_m = _log_mixture(lp.teacher, lp.student, alpha)
     return finish(kl(lp.teacher, log_m), lp.row_mask)
 
 
 def skew_reverse_kl(
-    student_logits, teacher_logits, *, alpha=0.1, temperature=1.0, axis=-1, where=None
-):
+    student_logits: ArrayLike,
+    teacher_logits: ArrayLike,
+    *,
+    alpha: float | jax.Array = 0.1,
+    temperature: float | jax.Array = 1.0,
+    axis: int = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
     r"""DistiLLM skew reverse KL, :math:`\mathrm{KL}(p_s \,\|\, (1-\alpha) p_t + \alpha p_s)`.
 
     .. math::
@@ -262,13 +304,20 @@ def skew_reverse_kl(
         Ko et al., `DistiLLM: Towards Streamlined Distillation for Large Language Models
         <https://arxiv.org/abs/2402.03898>`_, ICML 2024, Eq. (5).
     """
-    _checks.scalar_in_range(alpha, "alpha", low=0.0, high=1.0)
+    checks.scalar_in_range(alpha, "alpha", low=0.0, high=1.0)
     lp = log_probs(student_logits, teacher_logits, temperature=temperature, axis=axis, where=where)
     log_m = _log_mixture(lp.student, lp.teacher, alpha)
     return finish(kl(lp.student, log_m), lp.row_mask)
 
 
-def total_variation(student_logits, teacher_logits, *, temperature=1.0, axis=-1, where=None):
+def total_variation(
+    student_logits: ArrayLike,
+    teacher_logits: ArrayLike,
+    *,
+    temperature: float | jax.Array = 1.0,
+    axis: int = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
     r"""Total variation distance :math:`\tfrac12 \sum_v |p_t(v) - p_s(v)|`, in :math:`[0, 1]`.
 
     Args:
@@ -296,7 +345,14 @@ def total_variation(student_logits, teacher_logits, *, temperature=1.0, axis=-1,
     return finish(value, lp.row_mask)
 
 
-def hellinger(student_logits, teacher_logits, *, temperature=1.0, axis=-1, where=None):
+def hellinger(
+    student_logits: ArrayLike,
+    teacher_logits: ArrayLike,
+    *,
+    temperature: float | jax.Array = 1.0,
+    axis: int = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
     r"""Squared Hellinger distance :math:`\tfrac12 \sum_v (\sqrt{p_t(v)} - \sqrt{p_s(v)})^2`.
 
     Computed as :math:`\sqrt{p} = e^{\log p / 2}`, so zero probabilities have finite gradients.
@@ -326,7 +382,14 @@ def hellinger(student_logits, teacher_logits, *, temperature=1.0, axis=-1, where
     return finish(0.5 * jnp.sum(diff * diff, axis=-1), lp.row_mask)
 
 
-def chi_squared(student_logits, teacher_logits, *, temperature=1.0, axis=-1, where=None):
+def chi_squared(
+    student_logits: ArrayLike,
+    teacher_logits: ArrayLike,
+    *,
+    temperature: float | jax.Array = 1.0,
+    axis: int = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
     r"""Pearson :math:`\chi^2(p_t \,\|\, p_s) = \sum_v (p_t(v) - p_s(v))^2 / p_s(v)`.
 
     Evaluated per class as :math:`p_s\,(e^{r}-1)^2` for :math:`r = \log p_t - \log p_s \le 0`
@@ -397,8 +460,14 @@ def _alpha_side(log_w, log_other, a):
 
 
 def alpha_divergence(
-    student_logits, teacher_logits, *, alpha, temperature=1.0, axis=-1, where=None
-):
+    student_logits: ArrayLike,
+    teacher_logits: ArrayLike,
+    *,
+    alpha: float | jax.Array,
+    temperature: float | jax.Array = 1.0,
+    axis: int = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
     r"""Amari :math:`\alpha`-divergence, any real :math:`\alpha`, with KL at the ends.
 
     .. math::
@@ -436,13 +505,13 @@ def alpha_divergence(
         Cichocki & Amari, `Families of Alpha- Beta- and Gamma- Divergences
         <https://doi.org/10.3390/e12061532>`_, Entropy 2010, Eq. (4).
     """
-    _checks.scalar_in_range(alpha, "alpha")
+    checks.scalar_in_range(alpha, "alpha")
     lp = log_probs(student_logits, teacher_logits, temperature=temperature, axis=axis, where=where)
     a = jnp.asarray(alpha, lp.student.dtype)
     # Around p_s with exponent alpha (exact for alpha -> 0), around p_t with 1 - alpha.
     around_student = lambda: _alpha_side(lp.student, lp.teacher, a)
     around_teacher = lambda: _alpha_side(lp.teacher, lp.student, 1.0 - a)
-    a_value = _checks.concrete(alpha)
+    a_value = checks.concrete(alpha)
     if a_value is not None:
         value = around_student() if a_value < 0.5 else around_teacher()
     else:
@@ -451,15 +520,15 @@ def alpha_divergence(
 
 
 def f_divergence(
-    student_logits,
-    teacher_logits,
+    student_logits: ArrayLike,
+    teacher_logits: ArrayLike,
     *,
     f: Callable[[jax.Array], jax.Array],
-    f_slope_at_infinity=jnp.inf,
-    temperature=1.0,
-    axis=-1,
-    where=None,
-):
+    f_slope_at_infinity: float | jax.Array = jnp.inf,
+    temperature: float | jax.Array = 1.0,
+    axis: int = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
     r"""Generic Csiszár :math:`f`-divergence :math:`D_f(p_t \,\|\, p_s)`.
 
     .. math::
@@ -517,7 +586,14 @@ def f_divergence(
     return finish(jnp.sum(jnp.where(s_pos, term, off_support), axis=-1), lp.row_mask)
 
 
-def hinton_kd(student_logits, teacher_logits, *, temperature=4.0, axis=-1, where=None):
+def hinton_kd(
+    student_logits: ArrayLike,
+    teacher_logits: ArrayLike,
+    *,
+    temperature: float | jax.Array = 4.0,
+    axis: int = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
     r"""Hinton knowledge distillation loss :math:`T^2\,\mathrm{KL}(p_t \,\|\, p_s)`.
 
     .. math::

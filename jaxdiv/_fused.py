@@ -1,26 +1,28 @@
 """Divergences of LM-head logits computed in row chunks, never holding [N, V] logits."""
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
-from jaxdiv import _checks
+from jaxdiv import checks
 from jaxdiv._registry import get
 
 
 def fused_linear_divergence(
-    student_hidden,
-    student_weight,
-    teacher_hidden,
-    teacher_weight,
+    student_hidden: ArrayLike,
+    student_weight: ArrayLike,
+    teacher_hidden: ArrayLike,
+    teacher_weight: ArrayLike,
     *,
     divergence: str | Callable = "forward_kl",
     chunk_size: int = 1024,
-    temperature=1.0,
-    where=None,
-    **kwargs,
-):
+    temperature: float | jax.Array = 1.0,
+    where: ArrayLike | None = None,
+    **kwargs: Any,
+) -> jax.Array:
     r"""Per-row divergence of ``student_hidden @ student_weight`` vs ``teacher_hidden @
     teacher_weight``, in row chunks so that no ``[N, V]`` logits exist at once.
 
@@ -66,17 +68,17 @@ def fused_linear_divergence(
     fn = get(divergence) if isinstance(divergence, str) else divergence
     if not callable(fn):
         raise TypeError(f"`divergence` must be a registry name or a callable, got {fn!r}.")
-    hs = _checks.float_array(student_hidden, "student_hidden")
-    ws = _checks.float_array(student_weight, "student_weight")
-    ht = _checks.float_array(teacher_hidden, "teacher_hidden")
-    wt = _checks.float_array(teacher_weight, "teacher_weight")
-    _checks.min_rank(hs, 1, "student_hidden", "[N, d_s]")
-    _checks.min_rank(ht, 1, "teacher_hidden", "[N, d_t]")
+    hs = checks.float_array(student_hidden, "student_hidden")
+    ws = checks.float_array(student_weight, "student_weight")
+    ht = checks.float_array(teacher_hidden, "teacher_hidden")
+    wt = checks.float_array(teacher_weight, "teacher_weight")
+    checks.min_rank(hs, 1, "student_hidden", "[N, d_s]")
+    checks.min_rank(ht, 1, "teacher_hidden", "[N, d_t]")
     if ws.ndim != 2 or ws.shape[0] != hs.shape[-1]:
         raise ValueError(
             f"`student_weight` must have shape [d_s={hs.shape[-1]}, V], got {ws.shape}."
         )
-    _checks.exact_shape(wt, (ht.shape[-1], ws.shape[1]), "teacher_weight", "[d_t, V]")
+    checks.exact_shape(wt, (ht.shape[-1], ws.shape[1]), "teacher_weight", "[d_t, V]")
     if hs.shape[:-1] != ht.shape[:-1]:
         raise ValueError(
             "`student_hidden` and `teacher_hidden` must have the same leading (row) dims, got "
@@ -90,7 +92,7 @@ def fused_linear_divergence(
     where = jnp.asarray(where)
     if where.dtype != jnp.bool_:
         raise TypeError(f"`where` must be a boolean mask, got dtype {where.dtype}.")
-    _checks.exact_shape(where, rows_shape, "where", "row mask")
+    checks.exact_shape(where, rows_shape, "where", "row mask")
 
     hs, ht, where = hs.reshape(-1, hs.shape[-1]), ht.reshape(-1, ht.shape[-1]), where.reshape(-1)
     n = hs.shape[0]

@@ -11,8 +11,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
-from jaxdiv import _checks
+from jaxdiv import checks
 
 
 class LogProbs(NamedTuple):
@@ -23,7 +24,9 @@ class LogProbs(NamedTuple):
     row_mask: jax.Array | None  # [...] bool, False for rows that must give exactly 0
 
 
-def split_where(where, shape: tuple[int, ...], axis: int):
+def split_where(
+    where: ArrayLike | None, shape: tuple[int, ...], axis: int
+) -> tuple[jax.Array | None, jax.Array | None]:
     """Splits a ``where`` mask into (row_mask [...], class_mask [..., V]) with ``axis`` last."""
     if where is None:
         return None, None
@@ -41,18 +44,23 @@ def split_where(where, shape: tuple[int, ...], axis: int):
 
 
 def log_probs(
-    student_logits, teacher_logits, *, temperature=1.0, axis: int = -1, where=None
+    student_logits: ArrayLike,
+    teacher_logits: ArrayLike,
+    *,
+    temperature: float | jax.Array = 1.0,
+    axis: int = -1,
+    where: ArrayLike | None = None,
 ) -> LogProbs:
     """Checks the inputs and returns masked, tempered log-softmaxes with ``axis`` moved last."""
-    s = _checks.float_array(student_logits, "student_logits")
-    t = _checks.float_array(teacher_logits, "teacher_logits")
-    _checks.same_shape(s, t, ("student_logits", "teacher_logits"))
-    _checks.min_rank(s, 1, "student_logits", "[..., V]")
-    axis = _checks.canonical_axis(axis, s.ndim)
-    _checks.positive(temperature, "temperature")
+    s = checks.float_array(student_logits, "student_logits")
+    t = checks.float_array(teacher_logits, "teacher_logits")
+    checks.same_shape(s, t, ("student_logits", "teacher_logits"))
+    checks.min_rank(s, 1, "student_logits", "[..., V]")
+    axis = checks.canonical_axis(axis, s.ndim)
+    checks.positive(temperature, "temperature")
     row_mask, class_mask = split_where(where, s.shape, axis)
 
-    dtype = _checks.compute_dtype(s, t)
+    dtype = checks.compute_dtype(s, t)
     s = jnp.moveaxis(s.astype(dtype), axis, -1)
     t = jnp.moveaxis(t.astype(dtype), axis, -1)
     if class_mask is not None:

@@ -2,9 +2,12 @@
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 
-def masked_mean(values, where=None, *, axis=None) -> jax.Array:
+def masked_mean(
+    values: ArrayLike, where: ArrayLike | None = None, *, axis: int | tuple[int, ...] | None = None
+) -> jax.Array:
     r"""Mean of ``values`` over the entries selected by ``where``; 0 when none is selected.
 
     .. math::

@@ -4,13 +4,21 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
-from jaxdiv import _checks
+from jaxdiv import checks
 
 # B batch, C classes
 
 
-def pskd_targets(labels_onehot, prev_probs, *, epoch, num_epochs, alpha_T=0.8) -> jax.Array:
+def pskd_targets(
+    labels_onehot: ArrayLike,
+    prev_probs: ArrayLike,
+    *,
+    epoch: float | jax.Array,
+    num_epochs: float | jax.Array,
+    alpha_T: float | jax.Array = 0.8,
+) -> jax.Array:
     r"""PS-KD soft targets: the labels mixed with the model's own predictions from the last epoch.
 
     .. math::
@@ -50,18 +58,18 @@ def pskd_targets(labels_onehot, prev_probs, *, epoch, num_epochs, alpha_T=0.8) -
       Targets", ICCV 2021, https://arxiv.org/abs/2006.12000 (code
       https://github.com/lgcnsai/PS-KD-Pytorch, ``main.py``: ``alpha_T * (epoch + 1) / end_epoch``).
     """
-    y = _checks.float_array(labels_onehot, "labels_onehot")
-    prev = _checks.float_array(prev_probs, "prev_probs")
-    _checks.same_shape(y, prev, ("labels_onehot", "prev_probs"))
-    _checks.min_rank(y, 1, "labels_onehot", "[..., C]")
-    _checks.positive(num_epochs, "num_epochs")
-    _checks.scalar_in_range(alpha_T, "alpha_T", low=0.0, high=1.0)
-    last_epoch = _checks.concrete(num_epochs)
-    _checks.scalar_in_range(
+    y = checks.float_array(labels_onehot, "labels_onehot")
+    prev = checks.float_array(prev_probs, "prev_probs")
+    checks.same_shape(y, prev, ("labels_onehot", "prev_probs"))
+    checks.min_rank(y, 1, "labels_onehot", "[..., C]")
+    checks.positive(num_epochs, "num_epochs")
+    checks.scalar_in_range(alpha_T, "alpha_T", low=0.0, high=1.0)
+    last_epoch = checks.concrete(num_epochs)
+    checks.scalar_in_range(
         epoch, "epoch", low=0.0, high=math.inf if last_epoch is None else last_epoch - 1
     )
 
-    dtype = _checks.compute_dtype(y, prev)
+    dtype = checks.compute_dtype(y, prev)
     alpha_t = jnp.asarray(alpha_T, dtype) * (jnp.asarray(epoch, dtype) + 1) / num_epochs
     return (1 - alpha_t) * y.astype(dtype) + alpha_t * prev.astype(dtype)
 
@@ -83,7 +91,9 @@ def _log_loo_mean(scores: jax.Array) -> jax.Array:
     return jnp.where(is_max, without_max[:, None], without_j) - math.log(batch - 1)
 
 
-def mi_alpha_bound(scores, log_baseline, *, alpha=0.5) -> jax.Array:
+def mi_alpha_bound(
+    scores: ArrayLike, log_baseline: ArrayLike, *, alpha: float | jax.Array = 0.5
+) -> jax.Array:
     r"""Distiller MI-α: the interpolated InfoNCE/TUBA lower bound on mutual information.
 
     .. math::
@@ -126,14 +136,14 @@ def mi_alpha_bound(scores, log_baseline, *, alpha=0.5) -> jax.Array:
       https://arxiv.org/abs/2109.11105 (code https://github.com/Cli212/Distiller,
       ``textbrewer/losses.py``).
     """
-    s = _checks.float_array(scores, "scores")
-    b = _checks.float_array(log_baseline, "log_baseline")
+    s = checks.float_array(scores, "scores")
+    b = checks.float_array(log_baseline, "log_baseline")
     if s.ndim != 2 or s.shape[0] != s.shape[1] or s.shape[0] < 2:
         raise ValueError(f"`scores` must have shape [B, B] with B >= 2, got {s.shape}.")
-    _checks.exact_shape(b, s.shape[:1], "log_baseline", "[B]")
-    _checks.scalar_in_range(alpha, "alpha", low=0.0, high=1.0)
+    checks.exact_shape(b, s.shape[:1], "log_baseline", "[B]")
+    checks.scalar_in_range(alpha, "alpha", low=0.0, high=1.0)
 
-    dtype = _checks.compute_dtype(s, b)
+    dtype = checks.compute_dtype(s, b)
     s = s.astype(dtype)
     b = b.astype(dtype)
     batch = s.shape[0]

@@ -16,8 +16,9 @@ occupancy-measure divergence between data sequences and model-generated sequence
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
-from jaxdiv import _checks
+from jaxdiv import checks
 
 # B batch, L length, V vocabulary (actions)
 
@@ -33,12 +34,19 @@ def _bool_array(x, name: str, shape: tuple[int, ...], layout: str) -> jax.Array:
     x = jnp.asarray(x)
     if x.dtype != jnp.bool_:
         raise TypeError(f"`{name}` must be a boolean mask, got dtype {x.dtype}.")
-    _checks.exact_shape(x, shape, name, layout)
+    checks.exact_shape(x, shape, name, layout)
     return x
 
 
 def sequence_match_loss(
-    logits, actions, *, is_data, where=None, gamma=1.0, alpha=0.5, weighting="uniform"
+    logits: ArrayLike,
+    actions: ArrayLike,
+    *,
+    is_data: ArrayLike,
+    where: ArrayLike | None = None,
+    gamma: float | jax.Array = 1.0,
+    alpha: float | jax.Array | None = 0.5,
+    weighting: str = "uniform",
 ) -> jax.Array:
     r"""SequenceMatch-χ² loss: IQ-Learn objective with the logits as Q-values, χ² to the mixture.
 
@@ -128,22 +136,22 @@ def sequence_match_loss(
         Inverse Reinforcement Learning <https://arxiv.org/abs/2303.00599>`_, ICLR 2023 (χ² on the
         mixture).
     """
-    q = _checks.float_array(logits, "logits")
+    q = checks.float_array(logits, "logits")
     if q.ndim != 3:
         raise ValueError(f"`logits` must have rank 3 ([B, L, V]), got shape {q.shape}.")
     B, L, _ = q.shape
     a = _int_array(actions, "actions")
-    _checks.exact_shape(a, (B, L), "actions", "[B, L]")
+    checks.exact_shape(a, (B, L), "actions", "[B, L]")
     is_data = _bool_array(is_data, "is_data", (B,), "[B]")
     valid = (
         jnp.ones((B, L), bool) if where is None else _bool_array(where, "where", (B, L), "[B, L]")
     )
-    _checks.scalar_in_range(gamma, "gamma", low=0.0, high=1.0, low_open=True)
+    checks.scalar_in_range(gamma, "gamma", low=0.0, high=1.0, low_open=True)
     if alpha is not None:
-        _checks.positive(alpha, "alpha")
-    _checks.one_of(weighting, "weighting", ("uniform", "discounted"))
+        checks.positive(alpha, "alpha")
+    checks.one_of(weighting, "weighting", ("uniform", "discounted"))
 
-    dtype = _checks.compute_dtype(q)
+    dtype = checks.compute_dtype(q)
     valid = jnp.cumprod(valid, axis=1).astype(bool)  # [B, L] left-aligned prefix
     # First `where`: masked positions become zeros before any logsumexp (NaN/-inf stay out).
     q = jnp.where(valid[..., None], q.astype(dtype), 0.0)  # [B, L, V]

@@ -9,11 +9,12 @@ Sinkhorn solve (through ott-jax) transports the student rows onto the teacher ro
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 from ott.geometry import geometry
 from ott.solvers import linear
 from ott.solvers.linear import implicit_differentiation
 
-from jaxdiv import _checks
+from jaxdiv import checks
 from jaxdiv._logits import log_probs
 
 # Rows of W built per step of the blocked L1 distance (measured on CPU at N=256, V=32000:
@@ -160,23 +161,17 @@ def _solve_implicit(
         return out, out.primal_cost
 
 
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive Python int, got {value!r}.")
-    return value
-
-
 def sinkhorn_kd(
-    student_logits,
-    teacher_logits,
+    student_logits: ArrayLike,
+    teacher_logits: ArrayLike,
     *,
-    temperature=2.0,
-    epsilon=0.1,
+    temperature: float | jax.Array = 2.0,
+    epsilon: float | jax.Array = 0.1,
     num_iters: int = 20,
     mode: str = "unrolled",
     axis: int = -1,
-    where=None,
-    threshold=1e-5,
+    where: ArrayLike | None = None,
+    threshold: float | jax.Array = 1e-5,
     max_iterations: int = 2000,
 ) -> jax.Array:
     r"""SinKD batch-wise Sinkhorn distance between student and teacher rows (a **scalar**).
@@ -264,12 +259,12 @@ def sinkhorn_kd(
         Cuturi, `Sinkhorn Distances: Lightspeed Computation of Optimal Transport
         <https://arxiv.org/abs/1306.0895>`_, NeurIPS 2013.
     """
-    _checks.positive(epsilon, "epsilon")
-    num_iters = _positive_int(num_iters, "num_iters")
-    _checks.one_of(mode, "mode", ("unrolled", "implicit"))
+    checks.positive(epsilon, "epsilon")
+    num_iters = checks.positive_int(num_iters, "num_iters")
+    checks.one_of(mode, "mode", ("unrolled", "implicit"))
     if mode == "implicit":
-        _checks.positive(threshold, "threshold")
-        max_iterations = _positive_int(max_iterations, "max_iterations")
+        checks.positive(threshold, "threshold")
+        max_iterations = checks.positive_int(max_iterations, "max_iterations")
     lp = log_probs(student_logits, teacher_logits, temperature=temperature, axis=axis, where=where)
     num_classes = lp.student.shape[-1]
     p_s = jnp.exp(lp.student).reshape(-1, num_classes)  # [N, V]

@@ -9,35 +9,16 @@ layers → final RMSNorm → LM head (tied to the embedding by default).
 
 import dataclasses
 import functools
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxdiv.models.attention_blocks import AttentionBlock, LightNetBlock, LinearAttentionBlock
 from jaxdiv.models.common import MLP, Linear, RMSNorm, dense, logical_param
-from jaxdiv.models.mamba import MambaBlock
-from jaxdiv.models.s4 import S4Block
+from jaxdiv.models.registry import get_mixer, mixer_names
 
-
-def _mixer_factories() -> dict[str, Callable]:
-    """Mixer name -> (config, d_model, dtype kwargs) -> block."""
-    return {
-        "s4": lambda c, kw: S4Block(c.d_model, d_state=c.s4_state, mode="dplr", **kw),
-        "s4d": lambda c, kw: S4Block(c.d_model, d_state=c.s4_state, mode="diag", init="lin", **kw),
-        "mamba": lambda c, kw: MambaBlock(
-            c.d_model, d_state=c.d_state, d_conv=c.d_conv, expand=c.expand, **kw
-        ),
-        "lightnet": lambda c, kw: LightNetBlock(c.d_model, num_heads=c.heads(), **kw),
-        "linear_attention": lambda c, kw: LinearAttentionBlock(
-            c.d_model, num_heads=c.heads(), chunk_size=c.chunk_size, **kw
-        ),
-        "attention": lambda c, kw: AttentionBlock(c.d_model, num_heads=c.heads(), **kw),
-    }
-
-
-MIXERS = tuple(sorted(_mixer_factories()))
+MIXERS = mixer_names()
+"""The mixer names registered when the package is imported (``registry.mixer_names()``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,9 +71,11 @@ class LMConfig:
                 f"LMConfig.mixer must be one name or n_layers={self.n_layers} names, "
                 f"got {len(self.mixer)}: {self.mixer}."
             )
-        unknown = sorted(set(self.mixers) - set(MIXERS))
+        unknown = sorted(set(self.mixers) - set(mixer_names()))
         if unknown:
-            raise ValueError(f"Unknown mixer(s) {unknown}; expected names from {list(MIXERS)}.")
+            raise ValueError(
+                f"Unknown mixer(s) {unknown}; expected names from {list(mixer_names())}."
+            )
         if self.d_model % self.heads():
             raise ValueError(
                 f"LMConfig.d_model={self.d_model} must be divisible by num_heads={self.heads()}."
@@ -119,17 +102,16 @@ class LMConfig:
 
 
 class Layer(nnx.Module):
-    """Pre-norm residual layer: mixer, then (except for Mamba) a gated MLP."""
+    """Pre-norm residual layer: mixer, then (where the registry says ``mlp``) a gated MLP."""
 
     def __init__(self, config: LMConfig, mixer: str, *, rngs: nnx.Rngs):
         kw = dict(dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype))
         self.mixer_name = mixer
         self.norm = RMSNorm(config.d_model, eps=config.norm_eps, **kw)
-        self.mixer = _mixer_factories()[mixer](
-            config, dict(kw, rngs=rngs, sequence_axis=config.sequence_axis)
-        )
+        spec = get_mixer(mixer)
+        self.mixer = spec.build(config, dict(kw, rngs=rngs, sequence_axis=config.sequence_axis))
         hidden = int(config.mlp_ratio * config.d_model)
-        if mixer != "mamba" and hidden > 0:
+        if spec.mlp and hidden > 0:
             self.mlp_norm = RMSNorm(config.d_model, eps=config.norm_eps, **kw)
             self.mlp = MLP(config.d_model, hidden, **kw, rngs=rngs)
         else:

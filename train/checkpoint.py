@@ -21,7 +21,24 @@ import operator
 import os
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
+
+from jaxdiv import checks
+
+
+def flatten_state(tree) -> dict:
+    """``{path: leaf}`` with readable paths: the checkpoint layout, independent of pytree types."""
+    return {
+        jax.tree_util.keystr(path): leaf
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
+
+
+def unflatten_state(flat: dict, like):
+    """The inverse of :func:`flatten_state`, shaped like the pytree ``like``."""
+    paths, treedef = jax.tree_util.tree_flatten_with_path(like)
+    return jax.tree.unflatten(treedef, [flat[jax.tree_util.keystr(p)] for p, _ in paths])
 
 
 def _step(step, name: str = "step") -> int:
@@ -31,12 +48,6 @@ def _step(step, name: str = "step") -> int:
         raise TypeError(f"`{name}` must be an int, got {step!r}.") from None
     if value < 0:
         raise ValueError(f"`{name}` must be >= 0, got {value}.")
-    return value
-
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
     return value
 
 
@@ -83,8 +94,8 @@ class Checkpointer:
         async_save: bool = True,
     ):
         if max_to_keep is not None:
-            _positive_int(max_to_keep, "max_to_keep")
-        _positive_int(save_interval_steps, "save_interval_steps")
+            checks.positive_int(max_to_keep, "max_to_keep")
+        checks.positive_int(save_interval_steps, "save_interval_steps")
         self.directory = os.path.abspath(os.fspath(directory))
         policies = ocp.checkpoint_managers
         options = ocp.CheckpointManagerOptions(

@@ -47,6 +47,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from jaxdiv import checks
+
 Batch = dict[str, np.ndarray]
 
 _TRAIN, _EVAL = 0, 1  # leading seed words: train and held-out streams never coincide
@@ -56,21 +58,15 @@ _BLOCK = 16  # rows drawn from one random stream
 # ----------------------------------------------------------------------------- helpers
 
 
-def _check_int(value, name: str, *, low: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"`{name}` must be an int >= {low}, got {value!r}.")
-    return int(value)
-
-
 def _rng(*words: int) -> np.random.Generator:
     return np.random.default_rng([int(w) for w in words])
 
 
 def _host_rows(batch_size: int, process_index: int, process_count: int) -> range:
     """Rows ``[i·B/P, (i+1)·B/P)`` of a global batch of ``B`` rows held by process ``i``."""
-    batch_size = _check_int(batch_size, "batch_size", low=1)
-    process_count = _check_int(process_count, "process_count", low=1)
-    process_index = _check_int(process_index, "process_index")
+    batch_size = checks.int_at_least(batch_size, "batch_size", 1)
+    process_count = checks.int_at_least(process_count, "process_count", 1)
+    process_index = checks.int_at_least(process_index, "process_index", 0)
     if process_index >= process_count:
         raise ValueError(
             f"`process_index` must be in [0, {process_count}) for process_count="
@@ -175,14 +171,14 @@ class Task:
             classification: ``tokens`` int32 and ``mask`` bool ``[B/P, L]``, ``labels`` int32
             ``[B/P]``.
         """
-        seed = _check_int(seed, "seed")
-        step = _check_int(step, "step")
+        seed = checks.int_at_least(seed, "seed", 0)
+        step = checks.int_at_least(step, "step", 0)
         rows = _host_rows(batch_size, process_index, process_count)
         return self._train_rows(seed, step, batch_size, rows)
 
     def num_eval_batches(self, batch_size: int) -> int:
         """Number of held-out batches of ``batch_size`` rows (the last one padded)."""
-        batch_size = _check_int(batch_size, "batch_size", low=1)
+        batch_size = checks.int_at_least(batch_size, "batch_size", 1)
         return -(-self.num_eval_examples // batch_size)
 
     def eval_batch(
@@ -204,7 +200,7 @@ class Task:
         """
         rows = _host_rows(batch_size, process_index, process_count)
         num_batches = self.num_eval_batches(batch_size)
-        index = _check_int(index, "index")
+        index = checks.int_at_least(index, "index", 0)
         if index >= num_batches:
             raise ValueError(
                 f"`index` must be in [0, {num_batches}) for batch_size={batch_size}, got {index}."
@@ -284,7 +280,7 @@ class PydocBytes(Task):
     eval_fraction: float = 0.1
 
     def __post_init__(self):
-        _check_int(self.seq_len, "seq_len", low=1)
+        checks.int_at_least(self.seq_len, "seq_len", 1)
         if not 0.0 < self.eval_fraction < 0.5:
             raise ValueError(f"`eval_fraction` must be in (0, 0.5), got {self.eval_fraction!r}.")
         _, held_out = self.split()
@@ -357,10 +353,10 @@ class SelectiveCopying(Task):
     num_eval_examples: int = 1024
 
     def __post_init__(self):
-        _check_int(self.num_tokens, "num_tokens", low=1)
-        _check_int(self.seq_len, "seq_len", low=2 * self.num_tokens)
-        _check_int(self.vocab_size, "vocab_size", low=3)
-        _check_int(self.num_eval_examples, "num_eval_examples", low=1)
+        checks.int_at_least(self.num_tokens, "num_tokens", 1)
+        checks.int_at_least(self.seq_len, "seq_len", 2 * self.num_tokens)
+        checks.int_at_least(self.vocab_size, "vocab_size", 3)
+        checks.int_at_least(self.num_eval_examples, "num_eval_examples", 1)
 
     def _generate(self, rng, n):
         L, K, V = self.seq_len, self.num_tokens, self.vocab_size
@@ -414,9 +410,9 @@ class InductionHeads(Task):
     num_eval_examples: int = 1024
 
     def __post_init__(self):
-        _check_int(self.seq_len, "seq_len", low=3)
-        _check_int(self.vocab_size, "vocab_size", low=3)
-        _check_int(self.num_eval_examples, "num_eval_examples", low=1)
+        checks.int_at_least(self.seq_len, "seq_len", 3)
+        checks.int_at_least(self.vocab_size, "vocab_size", 3)
+        checks.int_at_least(self.num_eval_examples, "num_eval_examples", 1)
 
     def _generate(self, rng, n):
         L, special = self.seq_len, self.vocab_size - 1
@@ -472,10 +468,10 @@ class AssociativeRecall(Task):
     num_eval_examples: int = 1024
 
     def __post_init__(self):
-        P = _check_int(self.num_kv_pairs, "num_kv_pairs", low=1)
-        _check_int(self.seq_len, "seq_len", low=4 * P - 1)
-        _check_int(self.vocab_size, "vocab_size", low=2 * P + 1)
-        _check_int(self.num_eval_examples, "num_eval_examples", low=1)
+        P = checks.int_at_least(self.num_kv_pairs, "num_kv_pairs", 1)
+        checks.int_at_least(self.seq_len, "seq_len", 4 * P - 1)
+        checks.int_at_least(self.vocab_size, "vocab_size", 2 * P + 1)
+        checks.int_at_least(self.num_eval_examples, "num_eval_examples", 1)
 
     def _generate(self, rng, n):
         L, P, V = self.seq_len, self.num_kv_pairs, self.vocab_size

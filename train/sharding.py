@@ -11,7 +11,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-MESH_AXES = ("data", "fsdp", "sequence", "tensor")
+from jaxdiv.models.sharding import BATCH_AXES, MESH_AXES
 
 # Logical axis -> mesh axis (or tuple of mesh axes, or None = replicated).
 DEFAULT_RULES: dict[str, str | tuple[str, ...] | None] = {
@@ -22,8 +22,6 @@ DEFAULT_RULES: dict[str, str | tuple[str, ...] | None] = {
     "kv": None,
     "state": None,
 }
-
-BATCH_AXES = ("data", "fsdp")
 
 
 def mesh_shape(mesh_config: Mapping[str, int], num_devices: int) -> tuple[int, ...]:

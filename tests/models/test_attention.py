@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdiv.models.attention import attend_with_cache, init_kv_cache, softmax_attention
+from jaxdiv.models.attention.softmax import attend_with_cache, init_kv_cache, softmax_attention
 
 B, H, D = 2, 3, 4
 

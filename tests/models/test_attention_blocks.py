@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxdiv.models.attention_blocks import (
+from jaxdiv.models.attention.blocks import (
     AttentionBlock,
     GroupRMSNorm,
     LightNetBlock,

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdiv.models.lightnet import (
+from jaxdiv.models.attention.lightnet import (
     LightNetState,
     init_lightnet_state,
     lightnet_attention,

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdiv.models.linear_attention import (
+from jaxdiv.models.attention.linear import (
+    METHODS,
     combine_linear_attention_states,
     linear_attention,
     linear_attention_chunk_state,
@@ -14,7 +15,6 @@ from jaxdiv.models.linear_attention import (
 )
 
 B, L, H, K, V = 2, 37, 2, 5, 3
-METHODS = ("recurrent", "chunked", "parallel")
 STATIC = ("causal", "method", "chunk_size", "return_final_state")
 attention = jax.jit(linear_attention, static_argnames=STATIC)  # one compile, not op-by-op
 

@@ -10,7 +10,7 @@ from flax import nnx
 from jax.test_util import check_grads
 
 from jaxdiv.models.common import decay_mask
-from jaxdiv.models.mamba import MambaBlock, load_torch_mamba
+from jaxdiv.models.ssm.mamba import MambaBlock, load_torch_mamba
 
 D_MODEL, D_STATE, D_CONV, EXPAND = 16, 4, 4, 2
 E = D_MODEL * EXPAND

@@ -4,18 +4,15 @@ Values are checked against float64 NumPy loops written here; gradients against t
 ops; the communication pattern against the compiled HLO.
 """
 
-import re
-
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdiv.models import s4_kernels as sk
-from jaxdiv.models.attention import softmax_attention
-from jaxdiv.models.lightnet import lightnet_attention
-from jaxdiv.models.linear_attention import linear_attention
+from jaxdiv.models.attention.lightnet import lightnet_attention
+from jaxdiv.models.attention.linear import linear_attention
+from jaxdiv.models.attention.softmax import softmax_attention
 from jaxdiv.models.parallel import (
     lasp2_lightnet_attention,
     lasp2_linear_attention,
@@ -23,7 +20,9 @@ from jaxdiv.models.parallel import (
     sequence_parallel_s4,
     sequence_parallel_selective_scan,
 )
-from jaxdiv.models.selective_scan import selective_scan
+from jaxdiv.models.ssm import s4_ops as sk
+from jaxdiv.models.ssm.selective_scan import selective_scan
+from jaxdiv.train.hlo import compiled_collectives
 
 AXES = ("data", "fsdp", "sequence", "tensor")
 # (data, fsdp, sequence, tensor): sequence 2, 4, 8 combined with data / fsdp / tensor.
@@ -334,20 +333,6 @@ def test_sequence_parallel_s4(rng, mesh_shape, dplr):
 
 # --- communication ------------------------------------------------------------------------------
 
-_COLLECTIVE = re.compile(
-    r"= (\w+)\[([\d,]*)\][^ ]* (all-gather|all-reduce|reduce-scatter|collective-permute|"
-    r"all-to-all)(?:-start)?\("
-)
-
-
-def collectives(fn, *args):
-    """(kind, dtype, shape) of every collective in the compiled HLO of ``fn``."""
-    text = jax.jit(fn).lower(*args).compile().as_text()
-    return [
-        (kind, dtype, tuple(int(d) for d in dims.split(",") if d))
-        for dtype, dims, kind in _COLLECTIVE.findall(text)
-    ]
-
 
 @pytest.mark.parametrize("decay", [None, "channel"])
 def test_one_all_gather_independent_of_length(decay):
@@ -356,7 +341,7 @@ def test_one_all_gather_independent_of_length(decay):
     for L in (1024, 8192):
         x = jnp.zeros((1, L, 2, 8))
         g = None if decay is None else jnp.zeros((1, L, 2, 8))
-        found[L] = collectives(
+        found[L] = compiled_collectives(
             lambda q, k, v, g: lasp2_linear_attention(q, k, v, mesh=mesh, log_decay=g), x, x, x, g
         )
         assert [kind for kind, _, _ in found[L]] == ["all-gather"], found[L]
@@ -377,7 +362,7 @@ def test_one_all_gather_other_mixers(rng):
         (lambda *a: sequence_parallel_selective_scan(*a, mesh=mesh), (u[..., :4], delta, A, B, C)),
         (lambda u: sequence_parallel_s4(u, Lambda, Bm, Cm, log_dt, D, mesh=mesh), (u,)),
     ):
-        found = collectives(fn, *args)
+        found = compiled_collectives(fn, *args)
         assert [kind for kind, _, _ in found] == ["all-gather"], found
         assert 512 not in found[0][2] and 64 not in found[0][2], found
 

@@ -11,7 +11,7 @@ from jax.test_util import check_grads
 from scipy.special import erf
 
 from jaxdiv.models.common import decay_mask
-from jaxdiv.models.s4 import S4Block
+from jaxdiv.models.ssm.s4 import S4Block
 
 H = 16
 

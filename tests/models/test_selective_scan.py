@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from jaxdiv.models.selective_scan import selective_scan, selective_scan_step
+from jaxdiv.models.ssm.selective_scan import selective_scan, selective_scan_step
 
 METHODS = ("sequential", "associative", "chunked", "auto")
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")

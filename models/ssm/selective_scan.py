@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxdiv import _checks
+from jaxdiv import checks
 
 METHODS = ("auto", "sequential", "associative", "chunked")
 
@@ -202,14 +202,14 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias, h, *, step: bool):
         else ("u", "delta", "B", "C", "z", "initial_state")
     )
     layout, bn = ("[B, D]", "[B, N]") if step else ("[B, L, D]", "[B, L, N]")
-    u = _checks.float_array(u, names[0])
+    u = checks.float_array(u, names[0])
     if u.ndim != layout.count(",") + 1:
         raise ValueError(
             f"`{names[0]}` must have rank {layout.count(',') + 1} {layout}, got shape {u.shape}."
         )
     if not step and u.shape[1] == 0:
         raise ValueError(f"`u` must have length L >= 1 [B, L, D], got shape {u.shape}.")
-    A = _checks.float_array(A, "A")
+    A = checks.float_array(A, "A")
     if A.ndim != 2 or A.shape[0] != u.shape[-1]:
         raise ValueError(f"`A` must have shape ({u.shape[-1]}, N) [D, N], got {A.shape}.")
     shape_bn = u.shape[:-1] + A.shape[1:]
@@ -225,16 +225,16 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias, h, *, step: bool):
         (names[5], h, (u.shape[0], *A.shape), "[B, D, N]"),
     ):
         if x is not None:
-            x = _checks.float_array(x, name)
-            _checks.exact_shape(x, shape, name, lay)
+            x = checks.float_array(x, name)
+            checks.exact_shape(x, shape, name, lay)
         arrays.append(x)
-    dtype = _checks.compute_dtype(*[x for x in arrays if x is not None])
+    dtype = checks.compute_dtype(*[x for x in arrays if x is not None])
     return [None if x is None else x.astype(dtype) for x in arrays]
 
 
 def _check_method(method: str, chunk_size: int) -> str:
     """Validates ``method`` and ``chunk_size``; resolves "auto" for the default backend."""
-    _checks.one_of(method, "method", METHODS)
+    checks.one_of(method, "method", METHODS)
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
         raise ValueError(f"`chunk_size` must be a positive int, got {chunk_size!r}.")
     if method == "auto":
@@ -336,7 +336,7 @@ def selective_scan(
 
     Examples:
       >>> import jax, jax.numpy as jnp
-      >>> from jaxdiv.models.selective_scan import selective_scan
+      >>> from jaxdiv.models.ssm.selective_scan import selective_scan
       >>> k = jax.random.split(jax.random.key(0), 4)
       >>> u = jax.random.normal(k[0], (2, 10, 3))
       >>> delta = jax.random.normal(k[1], (2, 10, 3))
@@ -403,7 +403,7 @@ def selective_scan_step(
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from jaxdiv.models.selective_scan import selective_scan_step
+      >>> from jaxdiv.models.ssm.selective_scan import selective_scan_step
       >>> h = jnp.zeros((1, 2, 3))
       >>> y, h = selective_scan_step(h, jnp.ones((1, 2)), jnp.ones((1, 2)), -jnp.ones((2, 3)),
       ...                            jnp.ones((1, 3)), jnp.ones((1, 3)))

@@ -1,8 +1,8 @@
 """The S4 / S4D mixer block as a Flax NNX module: H independent SSMs, FFT convolution, GELU, linear.
 
-Convolution mode computes the kernel of each channel's SSM (:mod:`jaxdiv.models.s4_kernels`) and
+Convolution mode computes the kernel of each channel's SSM (:mod:`jaxdiv.models.ssm.s4_ops`) and
 convolves with FFT; decoding mode runs the same discretised SSM as a recurrence, one token at a
-time. Conventions follow :mod:`jaxdiv.models.s4_kernels`: each channel keeps N2 = N/2 complex
+time. Conventions follow :mod:`jaxdiv.models.ssm.s4_ops`: each channel keeps N2 = N/2 complex
 modes (one per conjugate pair) and outputs ``2·Re(C x)``; ``C`` is the plain output vector.
 """
 
@@ -13,11 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxdiv import _checks
+from jaxdiv import checks
+from jaxdiv.models.common import Linear, logical_param
+from jaxdiv.models.sharding import sequence_mesh
 
-from . import s4_kernels as sk
-from .common import Linear, logical_param
-from .parallel import sequence_mesh, sequence_parallel_s4
+from . import s4_ops as sk
+from .parallel import sequence_parallel_s4
 
 MODES = ("dplr", "diag")
 INITS = ("legs", "lin", "inv")
@@ -63,9 +64,9 @@ class S4Block(nnx.Module):
 
     the S4 layer of the paper / Annotated S4 with a plain position-wise output linear (no GLU),
     GELU exact (erf). ``mode="dplr"`` (S4): :math:`A = \operatorname{diag}(\Lambda) - P P^H`
-    (rank 1), bilinear discretisation, kernel by :func:`~jaxdiv.models.s4_kernels.ssm_kernel_dplr`
+    (rank 1), bilinear discretisation, kernel by :func:`~jaxdiv.models.ssm.s4_ops.ssm_kernel_dplr`
     (Cauchy + Woodbury). ``mode="diag"`` (S4D): :math:`A = \operatorname{diag}(\Lambda)`, ZOH,
-    kernel by :func:`~jaxdiv.models.s4_kernels.ssm_kernel_diag`. Δ = exp(``log_dt``) per channel.
+    kernel by :func:`~jaxdiv.models.ssm.s4_ops.ssm_kernel_diag`. Δ = exp(``log_dt``) per channel.
 
     Parameters (SSM parameters are float32 whatever ``param_dtype``; complex ones are stored as
     real pairs ``[..., 2]``):
@@ -78,7 +79,7 @@ class S4Block(nnx.Module):
       C as an ordinary weight).
 
     Initialisation (``init``): ``"legs"``: Λ, P, B of the normal-plus-low-rank HiPPO-LegS
-    (:func:`~jaxdiv.models.s4_kernels.nplr_legs`; ``mode="diag"`` keeps Λ and B and drops P,
+    (:func:`~jaxdiv.models.ssm.s4_ops.nplr_legs`; ``mode="diag"`` keeps Λ and B and drops P,
     S4D-LegS); ``"lin"`` / ``"inv"``: S4D-Lin / S4D-Inv Λ, B = 1, and for ``mode="dplr"`` a
     small random P (complex normal, E|P_n|² = 1/N2). C complex normal (E|C_n|² = 1), D ~ N(0, 1),
     log Δ ~ U[log dt_min, log dt_max].
@@ -89,7 +90,7 @@ class S4Block(nnx.Module):
     Padding (``where`` False): the input is zeroed there before the convolution, so padded
     positions never influence real ones. Decoding: :meth:`init_cache` / :meth:`step` run the
     recurrence :math:`x_t = \bar A x_{t-1} + \bar B u_t` with the same Ā, B̄ (dense Ā from
-    :func:`~jaxdiv.models.s4_kernels.discretize_dplr` for DPLR) and the plain C, equal to the
+    :func:`~jaxdiv.models.ssm.s4_ops.discretize_dplr` for DPLR) and the plain C, equal to the
     convolution token by token.
 
     Args:
@@ -107,7 +108,7 @@ class S4Block(nnx.Module):
     Examples:
       >>> import jax, jax.numpy as jnp
       >>> from flax import nnx
-      >>> from jaxdiv.models.s4 import S4Block
+      >>> from jaxdiv.models.ssm.s4 import S4Block
       >>> block = S4Block(16, d_state=8, rngs=nnx.Rngs(0))
       >>> x = jax.random.normal(jax.random.key(1), (2, 12, 16))
       >>> y = block(x)
@@ -145,10 +146,10 @@ class S4Block(nnx.Module):
             raise ValueError(
                 f"`d_state` must be even (the state is kept as N/2 conjugate pairs), got {d_state}."
             )
-        _checks.one_of(mode, "mode", MODES)
-        _checks.one_of(init, "init", INITS)
-        _checks.positive(dt_min, "dt_min")
-        _checks.positive(dt_max, "dt_max")
+        checks.one_of(mode, "mode", MODES)
+        checks.one_of(init, "init", INITS)
+        checks.positive(dt_min, "dt_min")
+        checks.positive(dt_max, "dt_max")
         if dt_min > dt_max:
             raise ValueError(f"`dt_min` must be <= `dt_max`, got {dt_min} > {dt_max}.")
         H, N2 = int(d_model), int(d_state) // 2
@@ -225,16 +226,16 @@ class S4Block(nnx.Module):
           x: input ``[B, L, H]``.
           where: bool ``[B, L]``, True at real tokens (None: all real).
         """
-        x = _checks.float_array(x, "x")
+        x = checks.float_array(x, "x")
         if x.ndim != 3 or x.shape[-1] != self.d_model:
             raise ValueError(
                 f"`x` must have shape [B, L, H] with H = {self.d_model}, got {x.shape}."
             )
         dtype = self.dtype or x.dtype
-        u = x.astype(_checks.compute_dtype(x))  # [B, L, H], float32 at least
+        u = x.astype(checks.compute_dtype(x))  # [B, L, H], float32 at least
         if where is not None:
             where = jnp.asarray(where)
-            _checks.exact_shape(where, x.shape[:2], "where", "[B, L]")
+            checks.exact_shape(where, x.shape[:2], "where", "[B, L]")
             u = jnp.where(where.astype(bool)[..., None], u, 0)
         L = x.shape[1]
         mesh = sequence_mesh(self.sequence_axis)
@@ -288,13 +289,13 @@ class S4Block(nnx.Module):
           cache: from :meth:`init_cache` or a previous step.
         """
         self._check_causal()
-        x_t = _checks.float_array(x_t, "x_t")
+        x_t = checks.float_array(x_t, "x_t")
         if x_t.ndim != 2 or x_t.shape[-1] != self.d_model:
             raise ValueError(
                 f"`x_t` must have shape [B, H] with H = {self.d_model}, got {x_t.shape}."
             )
         dtype = self.dtype or x_t.dtype
-        u = x_t.astype(_checks.compute_dtype(x_t))  # [B, H]
+        u = x_t.astype(checks.compute_dtype(x_t))  # [B, H]
         Lambda, B, log_dt = self._Lambda(), _complex(self.B), self.log_dt[...]
         if self.mode == "dplr":
             Abar, Bbar = sk.discretize_dplr(Lambda, _complex(self.P), B, log_dt)  # [H, N2, N2]

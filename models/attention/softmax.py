@@ -14,7 +14,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxdiv import _checks
+from jaxdiv import checks
 
 
 class KVCache(NamedTuple):
@@ -31,7 +31,7 @@ class KVCache(NamedTuple):
 
 def _attend(q, k, v, mask, scale) -> jax.Array:
     """Masked softmax attention in float32; rows with no allowed key give 0 (finite gradients)."""
-    dtype = _checks.compute_dtype(q, k, v)
+    dtype = checks.compute_dtype(q, k, v)
     if scale is None:
         scale = q.shape[-1] ** -0.5
     q = q.astype(dtype) * jnp.asarray(scale, dtype)
@@ -46,16 +46,16 @@ def _attend(q, k, v, mask, scale) -> jax.Array:
 
 
 def _check_qkv(q, k, v):
-    q = _checks.float_array(q, "q")
-    k = _checks.float_array(k, "k")
-    v = _checks.float_array(v, "v")
+    q = checks.float_array(q, "q")
+    k = checks.float_array(k, "k")
+    v = checks.float_array(v, "v")
     if q.ndim != 4 or k.ndim != 4:
         raise ValueError(
             f"`q` and `k` must have shape [B, L, H, d], got shapes {q.shape} and {k.shape}."
         )
     B, _, H, D = q.shape
-    _checks.exact_shape(k, (B, k.shape[1], H, D), "k", "[B, Lk, H, d] matching q")
-    _checks.exact_shape(v, (*k.shape[:3], v.shape[-1]), "v", "[B, Lk, H, dv] matching k")
+    checks.exact_shape(k, (B, k.shape[1], H, D), "k", "[B, Lk, H, d] matching q")
+    checks.exact_shape(v, (*k.shape[:3], v.shape[-1]), "v", "[B, Lk, H, dv] matching k")
     return q, k, v
 
 
@@ -99,7 +99,7 @@ def softmax_attention(q, k, v, *, causal: bool = True, scale=None, where=None) -
         mask = mask[None, None]
     if where is not None:
         where = jnp.asarray(where)
-        _checks.exact_shape(where, (q.shape[0], Lk), "where", "[B, Lk]")
+        checks.exact_shape(where, (q.shape[0], Lk), "where", "[B, Lk]")
         mask = mask & where.astype(bool)[:, None, None, :]
     return _attend(q, k, v, mask, scale)
 
@@ -162,10 +162,10 @@ def attend_with_cache(q, k, v, cache: KVCache, index, *, scale=None) -> tuple[ja
       Pope et al., "Efficiently Scaling Transformer Inference", https://arxiv.org/abs/2211.05102.
     """
     q, k, v = _check_qkv(q, k, v)
-    _checks.exact_shape(
+    checks.exact_shape(
         cache.k, (k.shape[0], cache.k.shape[1], *k.shape[2:]), "cache.k", "[B, T, H, d]"
     )
-    _checks.exact_shape(cache.v, cache.k.shape, "cache.v", "[B, T, H, d]")
+    checks.exact_shape(cache.v, cache.k.shape, "cache.v", "[B, T, H, d]")
     if k.shape[1] > cache.k.shape[1]:
         raise ValueError(
             f"expected a block of at most {cache.k.shape[1]} tokens (the cache length), "

@@ -8,8 +8,8 @@ import pytest
 import scipy.linalg
 from jax.test_util import check_grads
 
-from jaxdiv.models import s4_kernels
-from jaxdiv.models.s4_kernels import (
+from jaxdiv.models.ssm import s4_ops as s4_kernels
+from jaxdiv.models.ssm.s4_ops import (
     causal_conv_fft,
     discretize_bilinear,
     discretize_dplr,

@@ -17,14 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxdiv import _checks
+from jaxdiv import checks
+from jaxdiv.models.common import Linear, dense, logical_param
+from jaxdiv.models.sharding import sequence_mesh
 
-from .common import Linear, dense, logical_param
-from .parallel import sequence_mesh, sequence_parallel_selective_scan
+from .parallel import sequence_parallel_selective_scan
+from .selective_scan import METHODS as SCAN_METHODS
 from .selective_scan import selective_scan, selective_scan_step
-
-SCAN_METHODS = ("auto", "sequential", "associative", "chunked")
-
 
 # PyTorch's default ``nn.Linear`` init for a ``[in, out]`` kernel: U(±1/√fan_in).
 _torch_default_init = nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
@@ -39,23 +38,17 @@ def _uniform(bound: float):
     return init
 
 
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
-    return int(value)
-
-
 def _check_where(where, shape: tuple[int, int]):
     """``where`` as a bool ``[B, L]`` array (or None), ``ValueError`` on a wrong shape."""
     if where is None:
         return None
     where = jnp.asarray(where)
-    _checks.exact_shape(where, shape, "where", "[B, L]")
+    checks.exact_shape(where, shape, "where", "[B, L]")
     return where.astype(bool)
 
 
 def _check_x(x, rank: int, d_model: int, layout: str) -> jax.Array:
-    x = _checks.float_array(x, "x")
+    x = checks.float_array(x, "x")
     if x.ndim != rank or x.shape[-1] != d_model:
         raise ValueError(f"`x` must have shape {layout} with D = {d_model}, got {x.shape}.")
     return x
@@ -170,7 +163,7 @@ class MambaBlock(nnx.Module):
     causal depthwise ``conv1d`` (width ``d_conv``, left padding) + SiLU, ``x_proj``
     (E → R + 2N), ``dt_proj`` (R → E; its bias b_Δ enters inside the softplus, in float32),
     ``A_log`` (S4D-Real init A = −(1, …, N) per channel), ``D`` (ones), the selective scan
-    (:func:`jaxdiv.models.selective_scan.selective_scan`) and ``out_proj`` (E → D).
+    (:func:`jaxdiv.models.ssm.selective_scan.selective_scan`) and ``out_proj`` (E → D).
 
     Initialisation follows the reference: Linear and conv weights U(±1/√fan_in) (PyTorch's
     default; the model-level rescaling of ``out_proj`` is the caller's), ``dt_proj.kernel``
@@ -202,7 +195,7 @@ class MambaBlock(nnx.Module):
     Examples:
       >>> import jax, jax.numpy as jnp
       >>> from flax import nnx
-      >>> from jaxdiv.models.mamba import MambaBlock
+      >>> from jaxdiv.models.ssm.mamba import MambaBlock
       >>> block = MambaBlock(16, rngs=nnx.Rngs(0))
       >>> x = jax.random.normal(jax.random.key(1), (2, 8, 16))
       >>> y = block(x)
@@ -235,19 +228,19 @@ class MambaBlock(nnx.Module):
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
-        d_model = _positive_int(d_model, "d_model")
-        d_state = _positive_int(d_state, "d_state")
-        d_conv = _positive_int(d_conv, "d_conv")
-        expand = _positive_int(expand, "expand")
+        d_model = checks.positive_int(d_model, "d_model")
+        d_state = checks.positive_int(d_state, "d_state")
+        d_conv = checks.positive_int(d_conv, "d_conv")
+        expand = checks.positive_int(expand, "expand")
         if dt_rank == "auto":
             dt_rank = math.ceil(d_model / 16)
-        dt_rank = _positive_int(dt_rank, "dt_rank")
-        _checks.positive(dt_min, "dt_min")
-        _checks.positive(dt_max, "dt_max")
+        dt_rank = checks.positive_int(dt_rank, "dt_rank")
+        checks.positive(dt_min, "dt_min")
+        checks.positive(dt_max, "dt_max")
         if dt_min > dt_max:
             raise ValueError(f"`dt_min` must be <= `dt_max`, got {dt_min} > {dt_max}.")
-        _checks.scalar_in_range(dt_init_floor, "dt_init_floor", low=0.0)
-        _checks.one_of(scan_method, "scan_method", SCAN_METHODS)
+        checks.scalar_in_range(dt_init_floor, "dt_init_floor", low=0.0)
+        checks.one_of(scan_method, "scan_method", SCAN_METHODS)
         d_inner = expand * d_model
         self.d_model, self.d_state, self.d_conv, self.d_inner = d_model, d_state, d_conv, d_inner
         self.dt_rank, self.scan_method, self.dtype = dt_rank, scan_method, dtype
@@ -414,7 +407,7 @@ def load_torch_mamba(block: MambaBlock, state_dict: Mapping) -> MambaBlock:
     Examples:
       >>> import numpy as np
       >>> from flax import nnx
-      >>> from jaxdiv.models.mamba import MambaBlock, load_torch_mamba
+      >>> from jaxdiv.models.ssm.mamba import MambaBlock, load_torch_mamba
       >>> block = MambaBlock(16, rngs=nnx.Rngs(0))
       >>> sd = {"D": np.zeros(32), "A_log": np.zeros((32, 16)),
       ...       "in_proj.weight": np.zeros((64, 16)), "conv1d.weight": np.zeros((32, 1, 4)),

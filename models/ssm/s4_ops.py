@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiv import _checks
+from jaxdiv import checks
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 # Node-state pairs per Cauchy chunk (4M: ~32 MB of float32 reciprocals per chunk).
@@ -38,26 +38,19 @@ def _complex_array(x, name: str) -> jax.Array:
     return x
 
 
-def _check_positive_int(value, name: str) -> int:
-    """``value`` as a Python int, ``ValueError`` unless it is a positive (static) integer."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
-    return int(value)
-
-
 def _ssm_inputs(A, B, C, log_dt, names=("A", "B", "C")):
     """Validated ``A, B, C`` ([H, N2] complex) and ``Δ`` ([H] real) in a common dtype."""
     A = _complex_array(A, names[0])
     B = _complex_array(B, names[1])
-    log_dt = _checks.float_array(log_dt, "log_dt")
+    log_dt = checks.float_array(log_dt, "log_dt")
     if A.ndim != 2:
         raise ValueError(f"`{names[0]}` must have rank 2 ([H, N2]), got shape {A.shape}.")
-    _checks.exact_shape(B, A.shape, names[1], "[H, N2]")
-    _checks.exact_shape(log_dt, A.shape[:1], "log_dt", "[H]")
+    checks.exact_shape(B, A.shape, names[1], "[H, N2]")
+    checks.exact_shape(log_dt, A.shape[:1], "log_dt", "[H]")
     arrays = [A, B, log_dt]
     if C is not None:
         C = _complex_array(C, names[2])
-        _checks.exact_shape(C, A.shape, names[2], "[H, N2]")
+        checks.exact_shape(C, A.shape, names[2], "[H, N2]")
         arrays.append(C)
     cdtype = jnp.result_type(*arrays, jnp.complex64)
     rdtype = jnp.finfo(cdtype).dtype
@@ -266,8 +259,8 @@ def ssm_kernel_diag(A, B, C, log_dt, length: int, *, discretization: str = "zoh"
       Gu, Gupta, Goel, Ré, `On the Parameterization and Initialization of Diagonal State Space
       Models <https://arxiv.org/abs/2206.11893>`_, 2022, Section 3 (Vandermonde kernel).
     """
-    _checks.one_of(discretization, "discretization", ("zoh", "bilinear"))
-    length = _check_positive_int(length, "length")
+    checks.one_of(discretization, "discretization", ("zoh", "bilinear"))
+    length = checks.positive_int(length, "length")
     A, B, C, dt = _ssm_inputs(A, B, C, log_dt)
     dtA = dt[:, None] * A  # [H, N2]
     if discretization == "zoh":
@@ -375,7 +368,7 @@ def ssm_kernel_dplr(Lambda, P, B, C, log_dt, length: int) -> jax.Array:
       Gu, Goel, Ré, `Efficiently Modeling Long Sequences with Structured State Spaces
       <https://arxiv.org/abs/2111.00396>`_, 2022, Algorithm 1, Eq. (5), Lemmas C.2–C.3.
     """
-    length = _check_positive_int(length, "length")
+    length = checks.positive_int(length, "length")
     Lambda, B, C, dt = _ssm_inputs(Lambda, B, C, log_dt, names=("Lambda", "B", "C"))
     P = _rank_P(P, Lambda.shape).astype(Lambda.dtype)
     R, H, N2 = P.shape
@@ -456,12 +449,12 @@ def ssm_step(x_prev, u_t, Abar, Bbar, C) -> tuple[jax.Array, jax.Array]:
     Bbar = _complex_array(Bbar, "Bbar")
     C = _complex_array(C, "C")
     x_prev = _complex_array(x_prev, "x_prev")
-    u_t = _checks.float_array(u_t, "u_t")
-    _checks.exact_shape(Bbar, shape, "Bbar", "[H, N2]")
-    _checks.exact_shape(C, shape, "C", "[H, N2]")
-    _checks.min_rank(x_prev, 2, "x_prev", "[..., H, N2]")
-    _checks.exact_shape(x_prev, x_prev.shape[:-2] + shape, "x_prev", "[..., H, N2]")
-    _checks.exact_shape(u_t, x_prev.shape[:-1], "u_t", "[..., H]")
+    u_t = checks.float_array(u_t, "u_t")
+    checks.exact_shape(Bbar, shape, "Bbar", "[H, N2]")
+    checks.exact_shape(C, shape, "C", "[H, N2]")
+    checks.min_rank(x_prev, 2, "x_prev", "[..., H, N2]")
+    checks.exact_shape(x_prev, x_prev.shape[:-2] + shape, "x_prev", "[..., H, N2]")
+    checks.exact_shape(u_t, x_prev.shape[:-1], "u_t", "[..., H]")
     if Abar.ndim == 2:
         Ax = jnp.einsum("hn,...hn->...hn", Abar, x_prev)  # [..., H, N2]
     else:
@@ -500,18 +493,18 @@ def causal_conv_fft(u, K, D=None) -> jax.Array:
       Gu, Goel, Ré, `Efficiently Modeling Long Sequences with Structured State Spaces
       <https://arxiv.org/abs/2111.00396>`_, 2022, Eq. (4)–(5).
     """
-    u = _checks.float_array(u, "u")
-    K = _checks.float_array(K, "K")
-    _checks.min_rank(u, 2, "u", "[..., L, H]")
+    u = checks.float_array(u, "u")
+    K = checks.float_array(K, "K")
+    checks.min_rank(u, 2, "u", "[..., L, H]")
     L, H = u.shape[-2:]
     if K.ndim != 2 or K.shape[0] != H:
         raise ValueError(f"`K` must have shape ({H}, L_K) ([H, L_K]), got {K.shape}.")
     arrays = [u, K]
     if D is not None:
-        D = _checks.float_array(D, "D")
-        _checks.exact_shape(D, (H,), "D", "[H]")
+        D = checks.float_array(D, "D")
+        checks.exact_shape(D, (H,), "D", "[H]")
         arrays.append(D)
-    dtype = _checks.compute_dtype(*arrays)
+    dtype = checks.compute_dtype(*arrays)
     K = K[:, :L].astype(dtype)
     n = L + K.shape[-1]
     lead = (1,) * (u.ndim - 2)
@@ -545,7 +538,7 @@ def hippo_legs(N: int) -> tuple[np.ndarray, np.ndarray]:
       Gu, Dao, Ermon, Rudra, Ré, `HiPPO: Recurrent Memory with Optimal Polynomial Projections
       <https://arxiv.org/abs/2008.07669>`_, 2020, Theorem 2 (LegS); S4 (arXiv:2111.00396) Eq. (2).
     """
-    N = _check_positive_int(N, "N")
+    N = checks.positive_int(N, "N")
     r = np.sqrt(2.0 * np.arange(N) + 1.0)
     A = np.diag(-(np.arange(N) + 1.0)) - np.tril(np.outer(r, r), -1)
     return A, r.copy()
@@ -580,7 +573,7 @@ def nplr_legs(N: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
       Gu, Goel, Ré, `Efficiently Modeling Long Sequences with Structured State Spaces
       <https://arxiv.org/abs/2111.00396>`_, 2022, Theorem 1 and Corollary 3.1 (NPLR of HiPPO).
     """
-    N = _check_positive_int(N, "N")
+    N = checks.positive_int(N, "N")
     if N % 2:
         raise ValueError(f"`N` must be even (conjugate pairs, N2 = N/2), got {N}.")
     A, B_legs = hippo_legs(N)
@@ -617,7 +610,7 @@ def s4d_lin_init(H: int, N2: int) -> np.ndarray:
       Gu, Gupta, Goel, Ré, `On the Parameterization and Initialization of Diagonal State Space
       Models <https://arxiv.org/abs/2206.11893>`_, 2022, Section 4 (S4D-Lin).
     """
-    H, N2 = _check_positive_int(H, "H"), _check_positive_int(N2, "N2")
+    H, N2 = checks.positive_int(H, "H"), checks.positive_int(N2, "N2")
     A = -0.5 + 1j * np.pi * np.arange(N2)
     return np.broadcast_to(A, (H, N2)).copy()
 
@@ -644,7 +637,7 @@ def s4d_inv_init(H: int, N2: int) -> np.ndarray:
       Gu, Gupta, Goel, Ré, `On the Parameterization and Initialization of Diagonal State Space
       Models <https://arxiv.org/abs/2206.11893>`_, 2022, Section 4 (S4D-Inv).
     """
-    H, N2 = _check_positive_int(H, "H"), _check_positive_int(N2, "N2")
+    H, N2 = checks.positive_int(H, "H"), checks.positive_int(N2, "N2")
     N = 2 * N2
     A = -0.5 + 1j * N / np.pi * (N / (2 * np.arange(N2) + 1) - 1)
     return np.broadcast_to(A, (H, N2)).copy()
@@ -671,6 +664,6 @@ def s4d_real_init(H: int, N2: int) -> np.ndarray:
       Gu, Gupta, Goel, Ré, `On the Parameterization and Initialization of Diagonal State Space
       Models <https://arxiv.org/abs/2206.11893>`_, 2022, Section 4 (S4D-Real).
     """
-    H, N2 = _check_positive_int(H, "H"), _check_positive_int(N2, "N2")
+    H, N2 = checks.positive_int(H, "H"), checks.positive_int(N2, "N2")
     A = -(np.arange(N2) + 1.0) + 0j
     return np.broadcast_to(A, (H, N2)).copy()

@@ -23,9 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiv import _checks
+from jaxdiv import checks
 
-from .linear_attention import linear_attention
+from .linear import linear_attention
 
 _METHODS = ("chunked", "recurrent")
 
@@ -170,27 +170,27 @@ def lightnet_attention(
       Qin et al., "You Only Scan Once: Efficient Multi-dimension Sequential Modeling with
       LightNet", https://arxiv.org/abs/2405.21022, Section 3 (additive recurrence).
     """
-    q = _checks.float_array(q, "q")
-    k = _checks.float_array(k, "k")
-    v = _checks.float_array(v, "v")
-    _checks.one_of(method, "method", _METHODS)
+    q = checks.float_array(q, "q")
+    k = checks.float_array(k, "k")
+    v = checks.float_array(v, "v")
+    checks.one_of(method, "method", _METHODS)
     if causal and q.ndim != 4:
         raise ValueError(f"`q` must have shape [B, L, H, dk] when causal, got shape {q.shape}.")
-    _checks.min_rank(q, 3, "q", "[B, ..., H, dk]")
-    _checks.same_shape(q, k, ("q", "k"))
-    _checks.exact_shape(v, (*q.shape[:-1], v.shape[-1]), "v", "[B, ..., H, dv] matching q")
+    checks.min_rank(q, 3, "q", "[B, ..., H, dk]")
+    checks.same_shape(q, k, ("q", "k"))
+    checks.exact_shape(v, (*q.shape[:-1], v.shape[-1]), "v", "[B, ..., H, dv] matching q")
     B, H, K, V = q.shape[0], q.shape[-2], q.shape[-1], v.shape[-1]
     out_dtype = v.dtype
     if initial_state is None:
-        dtype = _checks.compute_dtype(q, k, v)
+        dtype = checks.compute_dtype(q, k, v)
         state = init_lightnet_state(B, H, K, V)
     else:
         numerator, log_normalizer = initial_state
-        numerator = _checks.float_array(numerator, "initial_state.numerator")
-        log_normalizer = _checks.float_array(log_normalizer, "initial_state.log_normalizer")
-        _checks.exact_shape(numerator, (B, H, K, V), "initial_state.numerator", "[B, H, dk, dv]")
-        _checks.exact_shape(log_normalizer, (B, H, K), "initial_state.log_normalizer", "[B, H, dk]")
-        dtype = _checks.compute_dtype(q, k, v, numerator, log_normalizer)
+        numerator = checks.float_array(numerator, "initial_state.numerator")
+        log_normalizer = checks.float_array(log_normalizer, "initial_state.log_normalizer")
+        checks.exact_shape(numerator, (B, H, K, V), "initial_state.numerator", "[B, H, dk, dv]")
+        checks.exact_shape(log_normalizer, (B, H, K), "initial_state.log_normalizer", "[B, H, dk]")
+        dtype = checks.compute_dtype(q, k, v, numerator, log_normalizer)
         state = LightNetState(numerator, log_normalizer)
     state = LightNetState(*(x.astype(dtype) for x in state))
     if scale is None:
@@ -244,8 +244,8 @@ def md_lrpe(x, theta, shape, *, num_prefix: int = 0) -> jax.Array:
       Qin et al., "You Only Scan Once", https://arxiv.org/abs/2405.21022 (MD-LRPE);
       Qin et al., "Linearized Relative Positional Encoding", https://arxiv.org/abs/2307.09270.
     """
-    x = _checks.float_array(x, "x")
-    theta = _checks.float_array(theta, "theta")
+    x = checks.float_array(x, "x")
+    theta = checks.float_array(theta, "theta")
     shape = tuple(int(n) for n in shape)
     m, d = len(shape), x.shape[-1]
     if x.ndim != 4 or x.shape[1] != num_prefix + math.prod(shape):
@@ -258,7 +258,7 @@ def md_lrpe(x, theta, shape, *, num_prefix: int = 0) -> jax.Array:
             f"`theta` must have shape [H, e] with H = {x.shape[2]} and {m}·e ≥ d = {d}, "
             f"got {theta.shape}."
         )
-    dtype = _checks.compute_dtype(x, theta)
+    dtype = checks.compute_dtype(x, theta)
     index = np.indices(shape).reshape(m, -1).T  # [P, A] grid index of each token, row-major
     angles = jnp.asarray(index, dtype)[:, :, None, None] * theta.astype(dtype)[None, None]
     angles = jnp.moveaxis(angles, 1, 2).reshape(index.shape[0], x.shape[2], -1)[..., :d]
@@ -308,16 +308,16 @@ def md_tpe(x, q, k, log_decay, *, causal: bool = True) -> jax.Array:
       Qin et al., "You Only Scan Once", https://arxiv.org/abs/2405.21022 (MD-TPE);
       Qin et al., "Toeplitz Neural Network for Sequence Modeling", https://arxiv.org/abs/2305.04749.
     """
-    x = _checks.float_array(x, "x")
-    q = _checks.float_array(q, "q")
-    k = _checks.float_array(k, "k")
-    log_decay = _checks.float_array(log_decay, "log_decay")
-    _checks.min_rank(x, 4, "x", "[B, N_1, ..., N_m, H, d]")
+    x = checks.float_array(x, "x")
+    q = checks.float_array(q, "q")
+    k = checks.float_array(k, "k")
+    log_decay = checks.float_array(log_decay, "log_decay")
+    checks.min_rank(x, 4, "x", "[B, N_1, ..., N_m, H, d]")
     m, H, d = x.ndim - 3, x.shape[-2], x.shape[-1]
-    _checks.exact_shape(q, (m, H, d), "q", "[m, H, d]")
-    _checks.exact_shape(k, (m, H, d), "k", "[m, H, d]")
-    _checks.exact_shape(log_decay, (m, H), "log_decay", "[m, H]")
-    dtype = _checks.compute_dtype(x, q, k, log_decay)
+    checks.exact_shape(q, (m, H, d), "q", "[m, H, d]")
+    checks.exact_shape(k, (m, H, d), "k", "[m, H, d]")
+    checks.exact_shape(log_decay, (m, H), "log_decay", "[m, H]")
+    dtype = checks.compute_dtype(x, q, k, log_decay)
     gain = jnp.einsum("ahd,ahd->ah", q.astype(dtype), k.astype(dtype))  # [A, H]
     x_c = x.astype(dtype)
     o = jnp.zeros_like(x_c)

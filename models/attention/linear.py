@@ -26,28 +26,28 @@ cumulative log decay appear (all ≤ 0), never ``1 / b`` factors that overflow.
 import jax
 import jax.numpy as jnp
 
-from jaxdiv import _checks
+from jaxdiv import checks
 
-_METHODS = ("recurrent", "chunked", "parallel")
+METHODS = ("recurrent", "chunked", "parallel")
 
 
 def _check_qkv(q, k, v) -> tuple[jax.Array, jax.Array, jax.Array]:
-    q = _checks.float_array(q, "q")
-    k = _checks.float_array(k, "k")
-    v = _checks.float_array(v, "v")
+    q = checks.float_array(q, "q")
+    k = checks.float_array(k, "k")
+    v = checks.float_array(v, "v")
     if q.ndim != 4:
         raise ValueError(f"`q` must have shape [B, L, H, dk], got shape {q.shape}.")
-    _checks.same_shape(q, k, ("q", "k"))
+    checks.same_shape(q, k, ("q", "k"))
     if v.ndim != 4:
         raise ValueError(f"`v` must have shape [B, L, H, dv], got shape {v.shape}.")
-    _checks.exact_shape(v, (*q.shape[:3], v.shape[3]), "v", "[B, L, H, dv] matching q")
+    checks.exact_shape(v, (*q.shape[:3], v.shape[3]), "v", "[B, L, H, dv] matching q")
     return q, k, v
 
 
 def _check_log_decay(log_decay, q: jax.Array) -> jax.Array | None:
     if log_decay is None:
         return None
-    log_decay = _checks.float_array(log_decay, "log_decay")
+    log_decay = checks.float_array(log_decay, "log_decay")
     if log_decay.shape not in (q.shape[:3], q.shape):
         raise ValueError(
             f"`log_decay` must have shape {q.shape[:3]} ([B, L, H], one decay per head) or "
@@ -176,7 +176,7 @@ def linear_attention_chunk_state(k, v, *, log_decay=None) -> tuple[jax.Array, ja
     """
     _, k, v = _check_qkv(k, k, v)
     g = _check_log_decay(log_decay, k)
-    dtype = _checks.compute_dtype(k, v, *([] if g is None else [g]))
+    dtype = checks.compute_dtype(k, v, *([] if g is None else [g]))
     g = _as_channels(None if g is None else g.astype(dtype), k)
     G = None if g is None else jnp.cumsum(g, axis=1)
     return _local_state(k.astype(dtype), v.astype(dtype), G)
@@ -211,15 +211,15 @@ def linear_attention_inter(q, initial_state, *, log_decay=None, scale=None) -> j
       Sun et al., "LASP-2: Rethinking Sequence Parallelism for Linear Attention and Its Hybrid",
       https://arxiv.org/abs/2502.07563, Section 3.
     """
-    q = _checks.float_array(q, "q")
-    _checks.min_rank(q, 4, "q", "[B, L, H, dk]")
-    initial_state = _checks.float_array(initial_state, "initial_state")
+    q = checks.float_array(q, "q")
+    checks.min_rank(q, 4, "q", "[B, L, H, dk]")
+    initial_state = checks.float_array(initial_state, "initial_state")
     B, _, H, K = q.shape
-    _checks.exact_shape(
+    checks.exact_shape(
         initial_state, (B, H, K, initial_state.shape[-1]), "initial_state", "[B, H, dk, dv]"
     )
     g = _check_log_decay(log_decay, q)
-    dtype = _checks.compute_dtype(q, initial_state, *([] if g is None else [g]))
+    dtype = checks.compute_dtype(q, initial_state, *([] if g is None else [g]))
     g = _as_channels(None if g is None else g.astype(dtype), q)
     G = None if g is None else jnp.cumsum(g, axis=1)
     return _inter(_scale(q.astype(dtype), scale), G, initial_state.astype(dtype))
@@ -334,7 +334,7 @@ def linear_attention(
     """
     q, k, v = _check_qkv(q, k, v)
     g = _check_log_decay(log_decay, q)
-    _checks.one_of(method, "method", _METHODS)
+    checks.one_of(method, "method", METHODS)
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
         raise ValueError(f"`chunk_size` must be a positive int, got {chunk_size!r}.")
     if not causal and g is not None:
@@ -345,12 +345,12 @@ def linear_attention(
     B, _, H, K = q.shape
     V, out_dtype = v.shape[-1], v.dtype
     arrays = [q, k, v] + [x for x in (g, initial_state) if x is not None]
-    dtype = _checks.compute_dtype(*arrays)
+    dtype = checks.compute_dtype(*arrays)
     if initial_state is None:
         state = jnp.zeros((B, H, K, V), dtype)
     else:
-        state = _checks.float_array(initial_state, "initial_state")
-        _checks.exact_shape(state, (B, H, K, V), "initial_state", "[B, H, dk, dv]")
+        state = checks.float_array(initial_state, "initial_state")
+        checks.exact_shape(state, (B, H, K, V), "initial_state", "[B, H, dk, dv]")
         state = state.astype(dtype)
     q = _scale(q.astype(dtype), scale)
     k, v = k.astype(dtype), v.astype(dtype)

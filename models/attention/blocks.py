@@ -19,18 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxdiv import _checks
+from jaxdiv import checks
+from jaxdiv.models.common import Linear, logical_param
+from jaxdiv.models.sharding import sequence_mesh
 
-from .attention import KVCache, attend_with_cache, init_kv_cache, softmax_attention
-from .common import Linear, logical_param
 from .lightnet import LightNetState, init_lightnet_state, lightnet_attention
-from .linear_attention import linear_attention
-from .parallel import (
-    lasp2_lightnet_attention,
-    lasp2_linear_attention,
-    lasp2h_attention,
-    sequence_mesh,
-)
+from .linear import linear_attention
+from .parallel import lasp2_lightnet_attention, lasp2_linear_attention, lasp2h_attention
+from .softmax import KVCache, attend_with_cache, init_kv_cache, softmax_attention
 
 _FEATURE_MAPS = {
     "identity": lambda x: x,
@@ -43,12 +39,6 @@ _GATE_LOGIT_NORMALIZER = 16.0  # GLA's τ: log α = log σ(·) / τ keeps the fo
 _PAD_KEY_OFFSET = 128.0  # e^{−128} is 0 in float32: padded LightNet keys get exactly no weight
 
 
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
-    return int(value)
-
-
 def _default_heads(d_model: int) -> int:
     """The largest divisor of d_model that is at most max(1, d_model // 64) (64-wide heads)."""
     heads = max(1, d_model // 64)
@@ -59,9 +49,9 @@ def _default_heads(d_model: int) -> int:
 
 def _head_sizes(d_model, num_heads, head_dim) -> tuple[int, int, int]:
     """Validated ``(d_model, num_heads, head_dim)``; ValueError naming the bad value."""
-    d_model = _positive_int(d_model, "d_model")
+    d_model = checks.positive_int(d_model, "d_model")
     num_heads = _default_heads(d_model) if num_heads is None else num_heads
-    num_heads = _positive_int(num_heads, "num_heads")
+    num_heads = checks.positive_int(num_heads, "num_heads")
     if head_dim is None:
         if d_model % num_heads:
             raise ValueError(
@@ -69,18 +59,18 @@ def _head_sizes(d_model, num_heads, head_dim) -> tuple[int, int, int]:
                 f"d_model={d_model} and num_heads={num_heads}."
             )
         head_dim = d_model // num_heads
-    return d_model, num_heads, _positive_int(head_dim, "head_dim")
+    return d_model, num_heads, checks.positive_int(head_dim, "head_dim")
 
 
 def _check_input(x, d_model: int, where, *, step: bool = False):
     """Checks ``x`` [B, L, D] (or [B, D] for ``step``) and ``where`` [B, L]; zeros padded x."""
-    x = _checks.float_array(x, "x")
+    x = checks.float_array(x, "x")
     layout = "[B, D]" if step else "[B, L, D]"
     if x.ndim != (2 if step else 3) or x.shape[-1] != d_model:
         raise ValueError(f"`x` must have shape {layout} with D = {d_model}, got {x.shape}.")
     if where is not None:
         where = jnp.asarray(where)
-        _checks.exact_shape(where, x.shape[:2], "where", "[B, L]")
+        checks.exact_shape(where, x.shape[:2], "where", "[B, L]")
         where = where.astype(bool)
         x = _zero_pads(x, where)  # even NaN/inf at pads stay out of values and gradients
     return x, where
@@ -133,11 +123,11 @@ def rope(x, positions, *, base: float = 10000.0) -> jax.Array:
       Su et al., "RoFormer: Enhanced Transformer with Rotary Position Embedding",
       https://arxiv.org/abs/2104.09864, Section 3.4.2, Eq. 34.
     """
-    x = _checks.float_array(x, "x")
+    x = checks.float_array(x, "x")
     d = x.shape[-1]
     if x.ndim != 4 or d % 2:
         raise ValueError(f"`x` must have shape [B, L, H, d] with d even, got {x.shape}.")
-    dtype = _checks.compute_dtype(x)
+    dtype = checks.compute_dtype(x)
     theta = jnp.asarray(base, dtype) ** (-jnp.arange(0, d, 2, dtype=dtype) / d)  # [d/2]
     positions = jnp.asarray(positions).astype(dtype)[..., None]  # [.., L, 1]
     angles = positions * theta.reshape(*(1,) * (positions.ndim - 1), -1)  # [.., L, d/2]
@@ -192,7 +182,7 @@ class GroupRMSNorm(nnx.Module):
 
     def __call__(self, x: jax.Array, gate: jax.Array | None = None) -> jax.Array:
         """Normalises x [..., F] (optionally times swish(gate) [..., F]); returns float32."""
-        dtype = _checks.compute_dtype(x)
+        dtype = checks.compute_dtype(x)
         xg = x.astype(dtype).reshape(*x.shape[:-1], self.groups, -1)  # [..., G, F/G]
         xg = xg * jax.lax.rsqrt(jnp.mean(jnp.square(xg), axis=-1, keepdims=True) + self.eps)
         scale = self.scale[...].astype(dtype).reshape(*(1,) * (x.ndim - 1), -1)
@@ -253,7 +243,7 @@ class AttentionBlock(nnx.Module):
         d_model, num_heads, head_dim = _head_sizes(d_model, num_heads, head_dim)
         if rope and head_dim % 2:
             raise ValueError(f"`rope=True` needs an even `head_dim`, got head_dim={head_dim}.")
-        _checks.positive(rope_base, "rope_base")
+        checks.positive(rope_base, "rope_base")
         inner = num_heads * head_dim
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.q_proj = Linear(d_model, inner, axes=("embed", "heads"), **kw)
@@ -377,9 +367,9 @@ class LinearAttentionBlock(nnx.Module):
         rngs: nnx.Rngs,
     ):
         d_model, num_heads, head_dim = _head_sizes(d_model, num_heads, head_dim)
-        _checks.one_of(feature_map, "feature_map", tuple(_FEATURE_MAPS))
-        _checks.one_of(decay, "decay", _DECAYS)
-        self.chunk_size = _positive_int(chunk_size, "chunk_size")
+        checks.one_of(feature_map, "feature_map", tuple(_FEATURE_MAPS))
+        checks.one_of(decay, "decay", _DECAYS)
+        self.chunk_size = checks.positive_int(chunk_size, "chunk_size")
         inner = num_heads * head_dim
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.q_proj = Linear(d_model, inner, axes=("embed", "heads"), **kw)
@@ -387,7 +377,7 @@ class LinearAttentionBlock(nnx.Module):
         self.v_proj = Linear(d_model, inner, axes=("embed", "heads"), **kw)
         self.o_proj = Linear(inner, d_model, axes=("heads", "embed"), **kw)
         channel = decay == "channel"
-        rank = _positive_int(gate_rank, "gate_rank")
+        rank = checks.positive_int(gate_rank, "gate_rank")
         # "head": σ(a_h) starts at RetNet's γ_h = 1 − 2^{−5−h}, i.e. a_h = log(2^{5+h} − 1)
         init = np.log(np.expm1((5.0 + np.arange(num_heads)) * np.log(2.0)))
         self.decay_logit = (
@@ -541,10 +531,10 @@ class LightNetBlock(nnx.Module):
         rngs: nnx.Rngs,
     ):
         d_model, num_heads, head_dim = _head_sizes(d_model, num_heads, head_dim)
-        gate_rank = _positive_int(
+        gate_rank = checks.positive_int(
             min(128, d_model) if gate_rank is None else gate_rank, "gate_rank"
         )
-        self.chunk_size = _positive_int(chunk_size, "chunk_size")
+        self.chunk_size = checks.positive_int(chunk_size, "chunk_size")
         inner = num_heads * head_dim
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.q_proj = Linear(d_model, inner, axes=("embed", "heads"), **kw)

@@ -11,9 +11,10 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 
-def float_array(x, name: str) -> jax.Array:
+def float_array(x: ArrayLike, name: str) -> jax.Array:
     """Converts ``x`` to an array and checks it has a floating dtype (``TypeError`` if not)."""
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -54,7 +55,7 @@ def canonical_axis(axis: int, ndim: int) -> int:
     return int(axis) % ndim
 
 
-def concrete(value) -> float | None:
+def concrete(value: ArrayLike) -> float | None:
     """The value of a scalar hyperparameter as a float, or None while it is traced."""
     try:
         arr = np.asarray(value)
@@ -66,7 +67,7 @@ def concrete(value) -> float | None:
 
 
 def scalar_in_range(
-    value,
+    value: ArrayLike,
     name: str,
     *,
     low: float = -math.inf,
@@ -85,10 +86,26 @@ def scalar_in_range(
         raise ValueError(f"`{name}` must be a finite number in {interval}, got {v}.")
 
 
-def positive(value, name: str) -> None:
+def positive(value: ArrayLike, name: str) -> None:
     scalar_in_range(value, name, low=0.0, low_open=True)
 
 
 def one_of(value: str, name: str, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"`{name}` must be one of {sorted(choices)}, got {value!r}.")
+
+
+def _static_int(value, name: str, low: int, expected: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"`{name}` must be {expected}, got {value!r}.")
+    return int(value)
+
+
+def int_at_least(value: object, name: str, low: int) -> int:
+    """``value`` as a Python int; ``ValueError`` unless it is a (static) integer ≥ ``low``."""
+    return _static_int(value, name, low, f"an int >= {low}")
+
+
+def positive_int(value: object, name: str) -> int:
+    """``value`` as a Python int; ``ValueError`` unless it is a positive (static) integer."""
+    return _static_int(value, name, 1, "a positive int")
