@@ -7,6 +7,8 @@ Sinkhorn solve (through ott-jax) transports the student rows onto the teacher ro
 
 # N rows (leading dims flattened), V classes
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
@@ -62,8 +64,8 @@ def _l1_cost_bwd(res, g):
     def row_grad(x_i, g_i, other_vn):  # [V], [N], [V, N] -> [V]
         return jnp.sum(g_i[None, :] * _sign(x_i[:, None] - other_vn), axis=-1)
 
-    g_s = jax.lax.map(lambda a: row_grad(*a, p_t_vn), (p_s, g), batch_size=_ROW_BLOCK)
-    g_t = jax.lax.map(lambda a: row_grad(*a, p_s_vn), (p_t, g.T), batch_size=_ROW_BLOCK)
+    g_s = jax.lax.map(lambda a: row_grad(a[0], a[1], p_t_vn), (p_s, g), batch_size=_ROW_BLOCK)
+    g_t = jax.lax.map(lambda a: row_grad(a[0], a[1], p_s_vn), (p_t, g.T), batch_size=_ROW_BLOCK)
     return g_s, g_t  # [N, V] each
 
 
@@ -102,7 +104,9 @@ def _decoupled_cost(w: jax.Array, row_mask: jax.Array | None, epsilon: jax.Array
     return jnp.where(valid_pair, w, jnp.where(jnp.eye(n, dtype=bool), 0.0, big))
 
 
-def _solve_unrolled(cost: jax.Array, epsilon: jax.Array, num_iters: int):
+def _solve_unrolled(
+    cost: jax.Array, epsilon: jax.Array, num_iters: int
+) -> tuple[Any, jax.Array]:  # (ott SinkhornOutput, primal cost)
     """SinKD's recursion through ott: exactly ``num_iters`` kernel-mode iterations, unrolled.
 
     ott updates the column scaling before the row scaling, so it gets the transposed cost.
@@ -114,7 +118,11 @@ def _solve_unrolled(cost: jax.Array, epsilon: jax.Array, num_iters: int):
     ones = jnp.ones((n,), cost.dtype)
     with jax.numpy_rank_promotion("allow"):  # ott 0.6 relies on implicit rank promotion
         geom = _FixedEpsilonGeometry(
-            cost_matrix=cost.T, kernel_matrix=jnp.exp(-cost.T / epsilon), epsilon=epsilon
+            cost_matrix=cost.T,
+            kernel_matrix=jnp.exp(-cost.T / epsilon),
+            # ott annotates `float | Epsilon | None` but takes a (traced) JAX scalar, which
+            # keeps epsilon schedules from retracing.
+            epsilon=epsilon,  # pyright: ignore[reportArgumentType]
         )
         out = linear.solve(
             geom,
@@ -127,12 +135,16 @@ def _solve_unrolled(cost: jax.Array, epsilon: jax.Array, num_iters: int):
             inner_iterations=1,
             implicit_diff=None,
         )
-        return out, out.primal_cost
+        return out, jnp.asarray(out.primal_cost)
 
 
 def _solve_implicit(
-    cost: jax.Array, epsilon: jax.Array, weight: jax.Array, threshold, max_iterations: int
-):
+    cost: jax.Array,
+    epsilon: jax.Array,
+    weight: jax.Array,
+    threshold: float | jax.Array,
+    max_iterations: int,
+) -> tuple[Any, jax.Array]:  # (ott SinkhornOutput, primal cost)
     """Log-domain Sinkhorn to ``threshold`` with marginals ``weight``, implicit gradients.
 
     The implicit-function linear system of balanced OT is singular along the constant shift
@@ -148,7 +160,8 @@ def _solve_implicit(
         solver_kwargs={"ridge_kernel": 1.0, "rtol": tol, "atol": tol}
     )
     with jax.numpy_rank_promotion("allow"):
-        geom = geometry.Geometry(cost_matrix=cost.T, epsilon=epsilon)
+        # ott annotates `float | Epsilon | None`; a (traced) JAX scalar works (see above).
+        geom = geometry.Geometry(cost_matrix=cost.T, epsilon=epsilon)  # pyright: ignore[reportArgumentType]
         out = linear.solve(
             geom,
             a=marginal,
@@ -158,7 +171,7 @@ def _solve_implicit(
             max_iterations=max_iterations,
             implicit_diff=implicit_diff,
         )
-        return out, out.primal_cost
+        return out, jnp.asarray(out.primal_cost)
 
 
 def sinkhorn_kd(

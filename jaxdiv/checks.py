@@ -22,7 +22,7 @@ def float_array(x: ArrayLike, name: str) -> jax.Array:
     return x
 
 
-def compute_dtype(*arrays: jax.Array) -> jnp.dtype:
+def compute_dtype(*arrays: ArrayLike) -> jnp.dtype:
     """The dtype the math runs in: the inputs' common dtype, at least float32."""
     return jnp.promote_types(jnp.result_type(*arrays), jnp.float32)
 

@@ -17,11 +17,13 @@ described in the project's research notes; see their docstrings.
 # B batch, L length, H heads, K key dim d_k, V value dim d_v, A spatial axes, E angles per axis
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from jaxdiv import checks
 
@@ -111,17 +113,17 @@ def _bidirectional(q, k, v, state: LightNetState):
 
 
 def lightnet_attention(
-    q,
-    k,
-    v,
+    q: ArrayLike,
+    k: ArrayLike,
+    v: ArrayLike,
     *,
     causal: bool = True,
-    scale=None,
+    scale: float | jax.Array | None = None,
     initial_state: LightNetState | tuple | None = None,
     return_final_state: bool = False,
     method: str = "chunked",
     chunk_size: int = 64,
-):
+) -> jax.Array | tuple[jax.Array, LightNetState]:
     r"""LightNet additive linear attention: keys softmax-normalised over the past per channel.
 
     .. math::
@@ -209,7 +211,9 @@ def lightnet_attention(
     return (o, state) if return_final_state else o
 
 
-def md_lrpe(x, theta, shape, *, num_prefix: int = 0) -> jax.Array:
+def md_lrpe(
+    x: ArrayLike, theta: ArrayLike, shape: Sequence[int], *, num_prefix: int = 0
+) -> jax.Array:
     r"""Multi-dimensional LRPE (cosine form): rotation angles from each token's grid index.
 
     .. math::
@@ -269,7 +273,9 @@ def md_lrpe(x, theta, shape, *, num_prefix: int = 0) -> jax.Array:
     return jnp.concatenate([prefix, body], axis=1).astype(x.dtype)  # [B, L, H, 2d]
 
 
-def md_tpe(x, q, k, log_decay, *, causal: bool = True) -> jax.Array:
+def md_tpe(
+    x: ArrayLike, q: ArrayLike, k: ArrayLike, log_decay: ArrayLike, *, causal: bool = True
+) -> jax.Array:
     r"""Multi-dimensional Toeplitz positional encoding: a decayed mixer along each axis, summed.
 
     .. math::

@@ -25,6 +25,7 @@ cumulative log decay appear (all ≤ 0), never ``1 / b`` factors that overflow.
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from jaxdiv import checks
 
@@ -108,7 +109,9 @@ def _local_state(k, v, G) -> tuple[jax.Array, jax.Array]:
     return jnp.einsum("blhk,blhv->bhkv", k, v), log_gamma  # [B, H, K, V], [B, H, 1 or K]
 
 
-def combine_linear_attention_states(first, second):
+def combine_linear_attention_states(
+    first: tuple[jax.Array, jax.Array], second: tuple[jax.Array, jax.Array]
+) -> tuple[jax.Array, jax.Array]:
     r"""Composes two consecutive blocks' ``(log_gamma, state)`` pairs (an associative operator).
 
     .. math::
@@ -143,7 +146,9 @@ def combine_linear_attention_states(first, second):
     return log_gamma_a + log_gamma_b, state
 
 
-def linear_attention_chunk_state(k, v, *, log_decay=None) -> tuple[jax.Array, jax.Array]:
+def linear_attention_chunk_state(
+    k: ArrayLike, v: ArrayLike, *, log_decay: ArrayLike | None = None
+) -> tuple[jax.Array, jax.Array]:
     r"""Final state of a block started from zero, and the block's total log decay.
 
     .. math::
@@ -182,7 +187,13 @@ def linear_attention_chunk_state(k, v, *, log_decay=None) -> tuple[jax.Array, ja
     return _local_state(k.astype(dtype), v.astype(dtype), G)
 
 
-def linear_attention_inter(q, initial_state, *, log_decay=None, scale=None) -> jax.Array:
+def linear_attention_inter(
+    q: ArrayLike,
+    initial_state: ArrayLike,
+    *,
+    log_decay: ArrayLike | None = None,
+    scale: float | jax.Array | None = None,
+) -> jax.Array:
     r"""Output contribution of a state entering a block: :math:`(s\,q_l \odot e^{G_l})\, S_0`.
 
     .. math::
@@ -272,18 +283,18 @@ def _chunked(q, k, v, g, state, chunk_size: int):
 
 
 def linear_attention(
-    q,
-    k,
-    v,
+    q: ArrayLike,
+    k: ArrayLike,
+    v: ArrayLike,
     *,
-    log_decay=None,
-    scale=None,
+    log_decay: ArrayLike | None = None,
+    scale: float | jax.Array | None = None,
     causal: bool = True,
     method: str = "chunked",
     chunk_size: int = 64,
-    initial_state=None,
+    initial_state: ArrayLike | None = None,
     return_final_state: bool = False,
-):
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     r"""Linear attention with optional per-head or per-key-channel decay (GLA / RetNet / Mamba-2).
 
     .. math::

@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike, DTypeLike
 
 from jaxdiv import checks
 
@@ -59,7 +60,15 @@ def _check_qkv(q, k, v):
     return q, k, v
 
 
-def softmax_attention(q, k, v, *, causal: bool = True, scale=None, where=None) -> jax.Array:
+def softmax_attention(
+    q: ArrayLike,
+    k: ArrayLike,
+    v: ArrayLike,
+    *,
+    causal: bool = True,
+    scale: float | jax.Array | None = None,
+    where: ArrayLike | None = None,
+) -> jax.Array:
     r"""Multi-head softmax attention with a float32 softmax, key padding and an offset causal mask.
 
     .. math::
@@ -105,7 +114,7 @@ def softmax_attention(q, k, v, *, causal: bool = True, scale=None, where=None) -
 
 
 def init_kv_cache(
-    batch: int, max_length: int, heads: int, head_dim: int, dtype=jnp.float32
+    batch: int, max_length: int, heads: int, head_dim: int, dtype: DTypeLike = jnp.float32
 ) -> KVCache:
     """An empty KV cache of ``max_length`` positions.
 
@@ -127,7 +136,15 @@ def init_kv_cache(
     return KVCache(zeros, zeros)
 
 
-def attend_with_cache(q, k, v, cache: KVCache, index, *, scale=None) -> tuple[jax.Array, KVCache]:
+def attend_with_cache(
+    q: ArrayLike,
+    k: ArrayLike,
+    v: ArrayLike,
+    cache: KVCache,
+    index: int | jax.Array,
+    *,
+    scale: float | jax.Array | None = None,
+) -> tuple[jax.Array, KVCache]:
     r"""Writes a block of keys/values into the cache at ``index`` and attends causally over it.
 
     .. math::

@@ -18,10 +18,12 @@ computed on the host; cast them to the parameter dtype when building a module.
 # B batch, L length, H channels (heads), N state (N2 = N/2 conjugate pairs kept), R rank
 
 import math
+from typing import overload
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from jaxdiv import checks
 
@@ -38,6 +40,14 @@ def _complex_array(x, name: str) -> jax.Array:
     return x
 
 
+@overload
+def _ssm_inputs(
+    A: ArrayLike, B: ArrayLike, C: None, log_dt: ArrayLike, names: tuple[str, str, str] = ...
+) -> tuple[jax.Array, jax.Array, None, jax.Array]: ...
+@overload
+def _ssm_inputs(
+    A: ArrayLike, B: ArrayLike, C: ArrayLike, log_dt: ArrayLike, names: tuple[str, str, str] = ...
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]: ...
 def _ssm_inputs(A, B, C, log_dt, names=("A", "B", "C")):
     """Validated ``A, B, C`` ([H, N2] complex) and ``Δ`` ([H] real) in a common dtype."""
     A = _complex_array(A, names[0])
@@ -59,7 +69,7 @@ def _ssm_inputs(A, B, C, log_dt, names=("A", "B", "C")):
     return A, B, C, jnp.exp(log_dt.astype(rdtype))
 
 
-def _rank_P(P, shape: tuple[int, int]) -> jax.Array:
+def _rank_P(P, shape: tuple[int, ...]) -> jax.Array:
     """``P`` as ``[R, H, N2]`` (a rank-1 ``[H, N2]`` gets a leading axis)."""
     P = _complex_array(P, "P")
     if P.ndim == 2:
@@ -72,7 +82,7 @@ def _rank_P(P, shape: tuple[int, int]) -> jax.Array:
     return P
 
 
-def discretize_zoh(A, B, log_dt) -> tuple[jax.Array, jax.Array]:
+def discretize_zoh(A: ArrayLike, B: ArrayLike, log_dt: ArrayLike) -> tuple[jax.Array, jax.Array]:
     r"""Zero-order-hold discretisation of a diagonal SSM.
 
     .. math::
@@ -104,7 +114,9 @@ def discretize_zoh(A, B, log_dt) -> tuple[jax.Array, jax.Array]:
     return jnp.exp(dtA), jnp.expm1(dtA) / A * B
 
 
-def discretize_bilinear(A, B, log_dt) -> tuple[jax.Array, jax.Array]:
+def discretize_bilinear(
+    A: ArrayLike, B: ArrayLike, log_dt: ArrayLike
+) -> tuple[jax.Array, jax.Array]:
     r"""Bilinear (Tustin) discretisation of a diagonal SSM.
 
     .. math::
@@ -167,7 +179,9 @@ def _bilinear_dplr(
     return 2 * M_inv - eye, Bbar  # [H, N2, N2], [H, N2]
 
 
-def discretize_dplr(Lambda, P, B, log_dt) -> tuple[jax.Array, jax.Array]:
+def discretize_dplr(
+    Lambda: ArrayLike, P: ArrayLike, B: ArrayLike, log_dt: ArrayLike
+) -> tuple[jax.Array, jax.Array]:
     r"""Dense bilinear discretisation of the DPLR SSM, for the recurrent (decoding) mode.
 
     .. math::
@@ -225,7 +239,15 @@ def _vandermonde_2re(c: jax.Array, z: jax.Array, length: int) -> jax.Array:
     return 2 * K.reshape(K.shape[0], J * T)[:, :length]  # [H, L]
 
 
-def ssm_kernel_diag(A, B, C, log_dt, length: int, *, discretization: str = "zoh") -> jax.Array:
+def ssm_kernel_diag(
+    A: ArrayLike,
+    B: ArrayLike,
+    C: ArrayLike,
+    log_dt: ArrayLike,
+    length: int,
+    *,
+    discretization: str = "zoh",
+) -> jax.Array:
     r"""S4D convolution kernel of a diagonal SSM (Vandermonde in log space).
 
     .. math::
@@ -279,7 +301,8 @@ def _matrix_power(M: jax.Array, exponent: int) -> jax.Array:
             result = base if result is None else jnp.matmul(result, base, precision=_HIGHEST)
         exponent >>= 1
         if not exponent:
-            return result
+            # The exponent is >= 1, so `result` is set before the first return.
+            return result  # pyright: ignore[reportReturnType]
         base = jnp.matmul(base, base, precision=_HIGHEST)
 
 
@@ -317,7 +340,9 @@ def _woodbury(q: jax.Array, om: jax.Array) -> jax.Array:
     return q00 - jnp.einsum("rhl,hlr->hl", q01, sol)  # [H, Lc]
 
 
-def ssm_kernel_dplr(Lambda, P, B, C, log_dt, length: int) -> jax.Array:
+def ssm_kernel_dplr(
+    Lambda: ArrayLike, P: ArrayLike, B: ArrayLike, C: ArrayLike, log_dt: ArrayLike, length: int
+) -> jax.Array:
     r"""S4 (DPLR) convolution kernel via the truncated generating function, Cauchy and Woodbury.
 
     The SSM ``A = diag(Λ) − Σ_r P_r P_rᴴ`` is discretised bilinearly; its kernel
@@ -408,7 +433,9 @@ def ssm_kernel_dplr(Lambda, P, B, C, log_dt, length: int) -> jax.Array:
     return 2 * jnp.fft.ifft(Khat, axis=-1).real  # [H, L]
 
 
-def ssm_step(x_prev, u_t, Abar, Bbar, C) -> tuple[jax.Array, jax.Array]:
+def ssm_step(
+    x_prev: ArrayLike, u_t: ArrayLike, Abar: ArrayLike, Bbar: ArrayLike, C: ArrayLike
+) -> tuple[jax.Array, jax.Array]:
     r"""One recurrent step of a discretised SSM (decoding mode), diagonal or dense.
 
     .. math::
@@ -464,7 +491,7 @@ def ssm_step(x_prev, u_t, Abar, Bbar, C) -> tuple[jax.Array, jax.Array]:
     return x, y
 
 
-def causal_conv_fft(u, K, D=None) -> jax.Array:
+def causal_conv_fft(u: ArrayLike, K: ArrayLike, D: ArrayLike | None = None) -> jax.Array:
     r"""Causal convolution ``y = K * u (+ D u)`` along the length axis, via FFT.
 
     .. math::

@@ -13,9 +13,12 @@ shared by the single-step decoder ``selective_scan_step`` and every scan method:
 
 # B batch, L length, D channels, N state, H heads
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.typing import ArrayLike
 
 from jaxdiv import checks
 
@@ -194,7 +197,7 @@ def _run_chunked(h0, delta, A_T, u, B, C, T: int):
 # --- public API --------------------------------------------------------------------------------
 
 
-def _check_inputs(u, delta, A, B, C, D, z, delta_bias, h, *, step: bool):
+def _check_inputs(u, delta, A, B, C, D, z, delta_bias, h, *, step: bool) -> list[Any]:
     """Validates dtypes and shapes; returns the arrays cast to the compute dtype (None kept)."""
     names = (
         ("u_t", "delta_t", "B_t", "C_t", "z_t", "h")
@@ -213,7 +216,7 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias, h, *, step: bool):
     if A.ndim != 2 or A.shape[0] != u.shape[-1]:
         raise ValueError(f"`A` must have shape ({u.shape[-1]}, N) [D, N], got {A.shape}.")
     shape_bn = u.shape[:-1] + A.shape[1:]
-    arrays = [u]
+    arrays: list[jax.Array | None] = [u]
     for name, x, shape, lay in (
         (names[1], delta, u.shape, layout),
         ("A", A, A.shape, "[D, N]"),
@@ -243,19 +246,19 @@ def _check_method(method: str, chunk_size: int) -> str:
 
 
 def selective_scan(
-    u,
-    delta,
-    A,
-    B,
-    C,
-    D=None,
-    z=None,
-    delta_bias=None,
+    u: ArrayLike,
+    delta: ArrayLike,
+    A: ArrayLike,
+    B: ArrayLike,
+    C: ArrayLike,
+    D: ArrayLike | None = None,
+    z: ArrayLike | None = None,
+    delta_bias: ArrayLike | None = None,
     delta_softplus: bool = False,
     *,
     method: str = "auto",
     chunk_size: int = 64,
-    initial_state=None,
+    initial_state: ArrayLike | None = None,
     return_last_state: bool = False,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     r"""Mamba's selective scan: a diagonal state-space recurrence with input-dependent Δ, B, C.
@@ -360,8 +363,9 @@ def selective_scan(
         u, delta, A, B, C, D, z, delta_bias, initial_state, step=False
     )
     delta = _delta(delta, delta_bias, delta_softplus)
-    A_T = A.T  # [N, D]
-    h0 = jnp.zeros((u.shape[0], *A_T.shape), u.dtype) if h0 is None else jnp.swapaxes(h0, 1, 2)
+    # _check_inputs returns jax.Arrays, but pyright keeps the parameters' declared ArrayLike.
+    A_T = A.T  # pyright: ignore[reportAttributeAccessIssue]  # [N, D]
+    h0 = jnp.zeros((u.shape[0], *A_T.shape), u.dtype) if h0 is None else jnp.swapaxes(h0, 1, 2)  # pyright: ignore[reportAttributeAccessIssue, reportGeneralTypeIssues]
     if method == "sequential":
         y, hL = _run_sequential(h0, delta, A_T, u, B, C, chunk_size)
     elif method == "chunked":
@@ -373,7 +377,16 @@ def selective_scan(
 
 
 def selective_scan_step(
-    h, u_t, delta_t, A, B_t, C_t, D=None, z_t=None, delta_bias=None, delta_softplus: bool = False
+    h: ArrayLike,
+    u_t: ArrayLike,
+    delta_t: ArrayLike,
+    A: ArrayLike,
+    B_t: ArrayLike,
+    C_t: ArrayLike,
+    D: ArrayLike | None = None,
+    z_t: ArrayLike | None = None,
+    delta_bias: ArrayLike | None = None,
+    delta_softplus: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
     r"""One step of ``selective_scan``, for recurrent decoding.
 
@@ -421,5 +434,6 @@ def selective_scan_step(
     if h is None:
         raise ValueError("`h` must be an array [B, D, N], got None.")
     delta_t = _delta(delta_t, delta_bias, delta_softplus)
-    h, y = _step(jnp.swapaxes(h, 1, 2), delta_t, A.T, u_t, B_t, C_t)
+    # A is a jax.Array after _check_inputs; pyright keeps its declared ArrayLike.
+    h, y = _step(jnp.swapaxes(h, 1, 2), delta_t, A.T, u_t, B_t, C_t)  # pyright: ignore[reportAttributeAccessIssue]
     return _finish(y, u_t, D, z_t).astype(out_dtype), jnp.swapaxes(h, 1, 2)
