@@ -45,8 +45,7 @@ from benchmarks import harness
 from jaxdiv.models import SequenceClassifier
 from jaxdiv.models.common import MLP, Linear
 from jaxdiv.train import config as train_config
-from jaxdiv.train import trainer
-from jaxdiv.train.data import get_task
+from jaxdiv.train.experiment import build_model, task_of
 from jaxdiv.train.flops import peak_flops
 
 # The module (``jaxdiv.models.ssm.selective_scan`` as an attribute is the re-exported function).
@@ -254,8 +253,8 @@ def _preset_layers():
     linears, mlps = collections.defaultdict(list), collections.defaultdict(list)
     for preset in train_config.preset_names():
         config = train_config.get_config(preset)
-        task = get_task(config.task.name, **trainer.config_to_dict(config.task.get("kwargs", {})))
-        model = nnx.eval_shape(lambda c=config, t=task: trainer.build_model(c, t, rngs=nnx.Rngs(0)))
+        task = task_of(config)
+        model = nnx.eval_shape(lambda c=config, t=task: build_model(c, t, rngs=nnx.Rngs(0)))
         for path, node in nnx.iter_graph(model):
             where = f"{preset} {'.'.join(map(str, path[-2:]))}"
             lead = (config.batch_size, task.seq_len)

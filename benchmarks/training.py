@@ -2,9 +2,9 @@
 
 1. Presets (``jaxdiv.train.config.preset_names``; every one trains a ``LanguageModel`` or a
    ``SequenceClassifier``) at their default sizes. The train step is built as
-   ``jaxdiv.train.trainer`` builds it (``train_state_spec``, ``make_objective``,
-   ``make_train_step``, jit with the state's shardings and donation, on the preset's mesh);
-   a distillation preset's frozen teacher is the preset its ``teacher_workdir`` names, at its
+   ``jaxdiv.train.trainer`` builds it (``jaxdiv.train.experiment.build``: the objective, the
+   train step jitted with the state's shardings and donation, on the preset's mesh);
+   a distillation preset's frozen teacher is the preset its teacher workdir names, at its
    initial parameters (the step's cost does not depend on their values). Tokens/s = B·L / the
    median step time after warm-up; MFU = FLOPs per token (``jaxdiv.train.flops``, analytic:
    6 per weight, attention's scores, the teacher's forward) × tokens/s / the float32 matmul
@@ -39,10 +39,9 @@ from jaxdiv.models import MIXERS, LanguageModel, LMConfig
 from jaxdiv.models.ssm.selective_scan import selective_scan
 from jaxdiv.train import config as train_config
 from jaxdiv.train import sharding as shard_lib
-from jaxdiv.train import trainer
-from jaxdiv.train.data import get_task
-from jaxdiv.train.flops import flops_per_token, peak_flops
-from jaxdiv.train.steps import make_train_step
+from jaxdiv.train.experiment import Trained, build, model_config, teacher_path
+from jaxdiv.train.flops import peak_flops
+from jaxdiv.train.objective import Objective, config_to_dict
 
 MFU_TARGET = 0.30
 LM_BATCH, LM_VOCAB, LM_WIDTH, LM_LAYERS = 4, 256, 128, 2
@@ -55,72 +54,42 @@ MAX_BYTES = 6 * 2**30
 
 def _teacher_preset(config) -> str | None:
     """The preset a distillation config's teacher workdir is named after (None: no teacher)."""
-    distill = config.get("distill")
-    if distill is None or (distill.divergence is None and not distill.sinkhorn_weight):
+    path = teacher_path(config)
+    if path is None or not Objective.from_config(config, "lm").needs_teacher:
         return None
-    name = Path(distill.teacher_workdir).name
+    name = Path(path).name
     return name if name in train_config.preset_names() else None
 
 
-def _preset_step(name: str, inits: dict) -> dict:
-    """Preset ``name``'s train step built as ``trainer`` builds it, with its inputs and counts;
-    ``inits`` maps each preset built so far to its (graphdef, jitted init), for teachers."""
+def _preset_step(name: str, teachers: dict) -> dict:
+    """Preset ``name``'s experiment (``jaxdiv.train.experiment.build``, no workdir) with a
+    state and a batch; ``teachers`` maps each preset built so far to its initial model, used
+    as the frozen teacher of the distillation presets that name it."""
     config = train_config.get_config(name)
-    mesh = shard_lib.make_mesh(trainer.config_to_dict(config.mesh))
+    mesh = shard_lib.make_mesh(config_to_dict(config.mesh))
+    teacher = _teacher_preset(config)
     with jax.set_mesh(mesh):
-        task = get_task(config.task.name, **trainer.config_to_dict(config.task.get("kwargs", {})))
-        objective = trainer.make_objective(config, task)
-        teacher_graphdef = teacher_params = teacher_lm = None
-        teacher = _teacher_preset(config)
-        if objective.divergence is not None or objective.sinkhorn_weight:
-            teacher_graphdef, teacher_init = inits[teacher]
-            teacher_params = teacher_init()["params"]
-            teacher_lm = trainer.model_config(train_config.get_config(teacher), task.vocab_size)
-        graphdef, tx, _, init, state_sh = trainer.train_state_spec(config, task, mesh)
-        init = jax.jit(init, out_shardings=state_sh)
-        inits[name] = (graphdef, init)
-        step = make_train_step(
-            graphdef,
-            tx,
-            objective,
-            teacher_graphdef=teacher_graphdef,
-            grad_accum_steps=int(config.optimizer.grad_accum_steps),
-            seed=int(config.seed),
+        exp = build(config, mesh=mesh, teacher=teachers.get(teacher))
+        state = exp.init_state()
+        task = exp.task
+        teachers[name] = Trained(
+            exp.spec.graphdef, state["params"], config, model_config(config, task.vocab_size)
         )
-        batch_sh = shard_lib.batch_sharding(mesh, 2, shard_sequence=False)
-        label_sh = shard_lib.batch_sharding(mesh, 1, shard_sequence=False)
-        batch = {
-            k: jax.make_array_from_process_local_data(label_sh if v.ndim == 1 else batch_sh, v)
-            for k, v in task.train_batch(config.seed, 0, config.batch_size).items()
-        }
-        teacher_sh = (
-            None if teacher_params is None else jax.tree.map(lambda x: x.sharding, teacher_params)
-        )
-        jitted = jax.jit(
-            step,
-            in_shardings=(state_sh, {k: v.sharding for k, v in batch.items()}, teacher_sh),
-            out_shardings=(state_sh, shard_lib.replicated(mesh)),
-            donate_argnums=0,
-        )
-        state = init()
-        compiled = jitted.lower(state, batch, teacher_params).compile()
-        dots = _step_dots(step, state, batch, teacher_params)
-    lm_config = trainer.model_config(config, task.vocab_size)
+        batch = exp.global_batch(next(task.batches("train", batch_size=config.batch_size)))
+        dots = _step_dots(exp.step_fn, state, batch, exp.teacher_params)
     return {
-        "compiled": compiled,
-        "graphdef": graphdef,
-        "tx": tx,
+        "compiled": exp.train_step,
+        "graphdef": exp.spec.graphdef,
+        "tx": exp.spec.tx,
         "lead": (config.batch_size, task.seq_len),
         "state": state,
         "batch": batch,
-        "teacher_params": teacher_params,
+        "teacher_params": exp.teacher_params,
         "dots": dots,
-        "tokens": config.batch_size * task.seq_len,
-        "flops": flops_per_token(
-            lm_config, task.seq_len, teacher=teacher_lm, online=objective.online
-        ),
+        "tokens": exp.tokens_per_step,
+        "flops": exp.flops_per_token,
         "row": {
-            "model": _describe(lm_config, task.kind),
+            "model": _describe(teachers[name].lm_config, task.kind),
             "B×L": f"{config.batch_size}×{task.seq_len}",
             "teacher": teacher,
         },
@@ -308,10 +277,10 @@ def _presets(section: harness.Section, quick: bool) -> None:
         train_config.preset_names(),
         key=lambda n: _teacher_preset(train_config.get_config(n)) is not None,
     )
-    inits, dot_times = {}, {}
+    teachers, dot_times = {}, {}
     for name in names:
         start = time.perf_counter()
-        built = _preset_step(name, inits)
+        built = _preset_step(name, teachers)
         compile_s = time.perf_counter() - start
         compiled, batch, teacher_params = built["compiled"], built["batch"], built["teacher_params"]
         box = {"state": built["state"]}

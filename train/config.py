@@ -3,6 +3,7 @@
 import ast
 import importlib
 import importlib.util
+import os
 import pkgutil
 from pathlib import Path
 
@@ -71,4 +72,21 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]):
             node[leaf] = value
         except TypeError as e:
             raise ValueError(f"Override {item!r}: {e}") from None
+    return config
+
+
+def smoke_mode() -> bool:
+    """``JAXDIV_SMOKE=1`` shrinks every run to a few steps (tests, notebooks, CI)."""
+    return os.environ.get("JAXDIV_SMOKE", "") not in ("", "0")
+
+
+def smoke_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Shrinks a preset in place to seconds: 4 steps of 8 rows of 32 tokens, evaluated on one
+    batch, checkpointed every 2 steps (the code path of the full run, not its result)."""
+    config.steps, config.log_every, config.eval_every = 4, 2, 2
+    config.checkpoint_every, config.eval_batches, config.batch_size = 2, 1, 8
+    if config.task.name != "digits":  # digits images have a fixed length
+        config.task.kwargs = dict(config.task.kwargs, seq_len=32)
+    config.optimizer.warmup_steps = 1
+    config.progress = False
     return config

@@ -8,10 +8,9 @@ teacher and tokens/s. Every run lives in its own workdir under ``workdir`` and r
 """
 
 import json
-import os
 from pathlib import Path
 
-from jaxdiv.train.config import get_config
+from jaxdiv.train.config import get_config, smoke_config, smoke_mode
 from jaxdiv.train.metrics import format_table
 from jaxdiv.train.trainer import run
 
@@ -25,27 +24,13 @@ STUDENTS = {
 }
 
 
-def smoke_mode() -> bool:
-    """``JAXDIV_SMOKE=1`` shrinks every run to a few steps (tests, notebooks)."""
-    return os.environ.get("JAXDIV_SMOKE", "") not in ("", "0")
-
-
-def _shrink(config):
-    config.steps, config.log_every, config.eval_every = 4, 2, 0
-    config.checkpoint_every, config.eval_batches = 2, 1
-    config.batch_size = 8
-    config.task.kwargs = dict(config.task.kwargs, seq_len=32)
-    config.optimizer.warmup_steps = 1
-    return config
-
-
 def main_job(workdir="runs/main", *, smoke: bool | None = None) -> list[dict]:
     """Runs the teacher and every student in ``STUDENTS``; prints and returns the table."""
     smoke = smoke_mode() if smoke is None else smoke
     workdir = Path(workdir)
     teacher = get_config("pretrain_lm")
     if smoke:
-        teacher = _shrink(teacher)
+        teacher = smoke_config(teacher)
     print(
         f"[jaxdiv] teacher: {teacher.model.mixer} d_model={teacher.model.d_model}, "
         f"{teacher.steps} steps -> {workdir / 'teacher'}"
@@ -55,8 +40,8 @@ def main_job(workdir="runs/main", *, smoke: bool | None = None) -> list[dict]:
     for name, overrides in STUDENTS.items():
         config = get_config("distill_lm")
         if smoke:
-            config = _shrink(config)
-        config.distill.teacher_workdir = str(workdir / "teacher")
+            config = smoke_config(config)
+        config.distill.teacher = str(workdir / "teacher")
         for key, value in overrides.items():
             config.distill[key] = value
         slug = name.lower().replace(" ", "_").replace("+", "plus").replace("-", "_")

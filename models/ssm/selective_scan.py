@@ -41,7 +41,7 @@ def _discretize(delta, A_T, u, B) -> tuple[jax.Array, jax.Array]:
     """Zero-order hold for A, Euler for B: (exp(Δ A), Δ u B), both state-major ``[..., N, D]``.
 
     Args: delta, u ``[..., D]``; A_T = Aᵀ ``[N, D]``; B ``[..., N]``. The state is kept as
-    ``[..., N, D]`` (D, the long axis, minor): on CPU this runs the time loop about 2x faster
+    ``[..., N, D]`` (D, the long axis, minor): on CPU this runs the time loop faster
     than ``[..., D, N]``.
     """
     decay = jnp.exp(delta[..., None, :] * _lead(A_T, delta.ndim + 1))  # [..., N, D]
@@ -287,33 +287,17 @@ def selective_scan(
       associative scan inside each chunk (``[B, chunk_size, D, N]``), rematerialised in the
       backward pass. Lengths that are not a multiple of ``chunk_size`` are padded with Δ = 0
       (an exact identity step).
-    - ``"auto"``: ``"sequential"`` on CPU (the fastest there, measured below) and
-      ``"chunked"`` on GPU/TPU (not measured here, no accelerator: ``lax.scan`` pays a launch
-      per step on those, and ``"associative"`` needs ``[B, L, D, N]`` memory).
+    - ``"auto"``: ``"sequential"`` on CPU (the fastest there in the benchmark suite's
+      ``kernels`` section, ``python -m benchmarks --only kernels``) and ``"chunked"`` on
+      GPU/TPU (``lax.scan`` pays a launch per step on those, and ``"associative"`` needs
+      ``[B, L, D, N]`` memory).
 
-    CPU measurements (B=2, L=4096, D=256, N=16, float32, 2 cores shared with other jobs,
-    medians of process CPU time; ``python -m benchmarks --only kernels`` measures the same on
-    the wall clock; x = ratio to the bound B·L·D·N / exp throughput = 11.5 ms, exp measured
-    at 2.9 G/s in the same run):
-
-    ======================  ============  =============  ===================
-    method                  forward       fwd+bwd        peak memory fwd+bwd
-    ======================  ============  =============  ===================
-    sequential              22 ms, 1.9x   102 ms, 8.8x   82 MB
-    sequential, autodiff    22 ms, 1.9x   426 ms, 37x    475 MB
-    chunked (chunk 64)      57 ms, 5.0x   367 ms, 32x    98 MB
-    associative             470 ms, 41x   1132 ms, 98x   1832 MB
-    ======================  ============  =============  ===================
-
-    At L=16384 "sequential" takes 2.5x (forward) and 9.1x (fwd+bwd) of the bound; wall-clock
-    ratios on the shared machine were 2.3x to 4x and 9.5x to 19x depending on its load.
-
-    Choices behind ``"sequential"`` (measured the same way): the state is laid out
-    ``[B, N, D]`` (D minor), which runs the time loop 2x faster than ``[B, D, N]``;
-    ``lax.scan(unroll=k)`` was slower for k = 2, 4, 8 (1.6x, 2.4x, 5x on the recurrence); the
-    hand-written backward is 4x faster and 6x leaner than JAX autodiff through the scan;
-    ``chunk_size`` 32 to 64 is best for it (128: 1.3x slower). It is reverse-mode only
-    (custom VJP): for ``jax.jvp`` use ``"chunked"`` or ``"associative"``.
+    Cost: every method evaluates B·L·D·N exps forward; ``"sequential"`` recomputes them once
+    more in its backward pass instead of storing ``[B, L, D, N]``. Choices behind it (their
+    measurements are in the benchmark reports): the state is laid out ``[B, N, D]`` (D, the
+    long axis, minor); the time loop is not unrolled; the hand-written backward replaces JAX
+    autodiff through the scan (less time and memory); ``chunk_size`` 32 to 64. It is
+    reverse-mode only (custom VJP): for ``jax.jvp`` use ``"chunked"`` or ``"associative"``.
 
     Args:
       u: input ``[B, L, D]``.

@@ -386,7 +386,7 @@ def test_errors():
         lasp2_lightnet_attention(x.astype(jnp.int32), x, x, mesh=mesh)
     with pytest.raises(ValueError, match="batch size"):
         lasp2_linear_attention(x, x, x, mesh=make_mesh((2, 1, 4, 1)))
-    with pytest.raises(ValueError, match="A"):
+    with pytest.raises(ValueError, match=r"`A` must have shape \(2, N\) \[D, N\], got \(3, 2\)"):
         sequence_parallel_selective_scan(
             x[..., 0], x[..., 0], jnp.zeros((3, 2)), x[..., :2], x[..., :2], mesh=mesh
         )

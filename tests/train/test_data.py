@@ -4,7 +4,7 @@ multi-host slicing and error messages."""
 import numpy as np
 import pytest
 
-from jaxdiv.train.data import Task, get_task, task_names
+from jaxdiv.train.data import IndexedTask, Task, get_task, task_names
 
 NAMES = ("pydoc_bytes", "selective_copying", "induction_heads", "associative_recall", "digits")
 
@@ -83,7 +83,7 @@ def test_bad_batch_arguments():
     with pytest.raises(ValueError, match=r"`index` must be in \[0, 13\) for batch_size=4, got 13"):
         task.eval_batch(13, 4)
     with pytest.raises(ValueError, match="divisible by process_count=4"):
-        Task.shard({"tokens": np.zeros((6, 3))}, 0, 4)
+        IndexedTask.shard({"tokens": np.zeros((6, 3))}, 0, 4)
 
 
 # ----------------------------------------------------------------------------- generic contract
@@ -136,7 +136,7 @@ def test_hosts_together_give_the_single_process_batch(task, process_count):
     assert all(p["tokens"].shape[0] == 40 // process_count for p in parts)
     assert _equal(_concat(parts), full)
     for i, part in enumerate(parts):
-        assert _equal(Task.shard(full, i, process_count), part)
+        assert _equal(IndexedTask.shard(full, i, process_count), part)
     for index in (0, task.num_eval_batches(40) - 1):  # the last one is padded
         eval_parts = [
             task.eval_batch(index, 40, process_index=i, process_count=process_count)
@@ -148,7 +148,7 @@ def test_hosts_together_give_the_single_process_batch(task, process_count):
 @pytest.mark.parametrize("name", NAMES[:4])
 def test_rows_do_not_depend_on_batch_size(name):
     task = get_task(name, **SMALL[name])
-    assert _equal(task.train_batch(1, 2, 20), Task.shard(task.train_batch(1, 2, 40), 0, 2))
+    assert _equal(task.train_batch(1, 2, 20), IndexedTask.shard(task.train_batch(1, 2, 40), 0, 2))
 
 
 def test_eval_covers_held_out_set_once_with_padding(task):
@@ -319,3 +319,42 @@ def test_digits_split_and_epochs():
         )
     first, second = (task.train_batch(0, s, 49)["labels"] for s in (0, 33))
     assert not np.array_equal(first, second)  # each epoch is reshuffled
+
+
+# ----------------------------------------------------------------------------- task protocol
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_task_follows_the_protocol(name):
+    task = get_task(name, **SMALL[name])
+    assert isinstance(task, Task)
+    assert task.kind in ("lm", "classification") and task.vocab_size > 1 and task.seq_len > 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_batches_resume_from_their_state(name):
+    """A train iterator restarted from a saved state yields exactly the batches that follow."""
+    task = get_task(name, **SMALL[name])
+    it = task.batches("train", batch_size=8, seed=3)
+    first = [next(it) for _ in range(3)]
+    state = it.get_state()
+    assert state == {"step": 3}
+    following = next(it)
+    resumed = task.batches("train", batch_size=8, seed=3, state=state)
+    assert _equal(next(resumed), following)
+    assert all(_equal(b, task.train_batch(3, i, 8)) for i, b in enumerate(first))
+    host = task.batches("train", batch_size=8, seed=3, process_index=1, process_count=2)
+    assert _equal(next(host), IndexedTask.shard(first[0], 1, 2))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_eval_batches_cover_the_held_out_set_once(name):
+    task = get_task(name, **SMALL[name])
+    batches = list(task.batches("eval", batch_size=16))
+    assert len(batches) == task.num_eval_batches(16)
+    assert sum(int(b["mask"].any(-1).sum()) for b in batches) == task.num_eval_examples
+
+
+def test_unknown_split_is_named():
+    with pytest.raises(ValueError, match="split"):
+        get_task("induction_heads").batches("test", batch_size=8)

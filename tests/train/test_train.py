@@ -11,9 +11,13 @@ import chex
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
+from jaxdiv.models import LanguageModel
 from jaxdiv.train import get_config, load_model, run
-from jaxdiv.train.config import apply_overrides, preset_names
+from jaxdiv.train.config import apply_overrides, preset_names, smoke_config
+from jaxdiv.train.data import get_task
+from jaxdiv.train.experiment import model_config
 from jaxdiv.train.metrics import read_metrics
 from jaxdiv.train.trainer import NonFiniteLossError
 
@@ -21,16 +25,11 @@ TIMING = ("tokens_per_second", "mfu")
 
 
 def tiny(name="pretrain_lm", **overrides):
-    """A preset shrunk to seconds: tiny model, short sequences, a few steps."""
-    config = get_config(name)
-    config.steps, config.batch_size, config.log_every = 4, 8, 1
-    config.eval_every, config.eval_batches, config.checkpoint_every = 0, 1, 2
-    config.progress = False
+    """A preset in smoke size with a tiny model on 16 tokens, logging every step."""
+    config = smoke_config(get_config(name))
+    config.log_every, config.eval_every = 1, 0
     config.model.d_model, config.model.n_layers, config.model.num_heads = 16, 2, 2
-    config.optimizer.warmup_steps = 1
-    if config.task.name in ("pydoc_bytes",):
-        config.task.kwargs = {"seq_len": 16}
-    elif config.task.name != "digits":
+    if config.task.name != "digits":
         config.task.kwargs = {
             "seq_len": 16,
             **({"num_tokens": 4} if config.task.name == "selective_copying" else {}),
@@ -67,30 +66,79 @@ def test_presets_are_listed():
     assert {"pretrain_lm", "distill_lm", "selective_copying", "digits"} <= set(preset_names())
 
 
+def _log_softmax64(logits, temperature=1.0):
+    z = np.asarray(logits, np.float64) / temperature
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def _kl64(log_p, log_q):
+    """KL(p ‖ q) per row, float64."""
+    return np.sum(np.exp(log_p) * (log_p - log_q), axis=-1)
+
+
+def _divergence64(name, student, teacher, temperature, kwargs):
+    """Independent float64 NumPy forms of the divergences the distill test uses."""
+    s, t = _log_softmax64(student, temperature), _log_softmax64(teacher, temperature)
+    if name == "forward_kl":
+        return _kl64(t, s)
+    if name == "generalized_jsd":
+        beta = kwargs["beta"]
+        m = np.log(beta * np.exp(t) + (1 - beta) * np.exp(s))
+        return beta * _kl64(t, m) + (1 - beta) * _kl64(s, m)
+    raise NotImplementedError(name)
+
+
 @pytest.mark.parametrize(
     "distill",
     [
-        {"divergence": "forward_kl"},
+        {"divergence": "forward_kl", "weight": 0.7, "task_weight": 0.3},
         {"divergence": "generalized_jsd", "kwargs": {"beta": 0.3}, "temperature_end": 2.0},
         {"divergence": "forward_kl", "sinkhorn_weight": 0.1, "sinkhorn_rows": 16},
-        {"divergence": "bd_kd", "online": True},
+        {"divergence": "forward_kl", "temperature": 2.0, "online": True},
+        {"divergence": "forward_kl", "feature_weight": 0.5, "feature_layers": ("layer_1",)},
     ],
-    ids=["fkl", "gjsd_schedule", "sinkhorn", "online_bdkd"],
+    ids=["fkl", "gjsd_schedule", "sinkhorn", "online", "features"],
 )
 def test_distill_step(distill, teacher_dir, tmp_path, allow_rank_promotion):
-    config = tiny("distill_lm", **{"distill.teacher_workdir": str(teacher_dir)})
+    """The logged loss of step 1 equals task_weight·CE + weight·D (+ SinKD), recomputed in
+    float64 NumPy from the initial student, the teacher and the first batch."""
+    config = tiny("distill_lm", **{"distill.teacher": str(teacher_dir)})
     for key, value in distill.items():
         config.distill[key] = value
     result = run(config, tmp_path)
     assert np.isfinite(result["loss"]) and np.isfinite(result["eval_kl_to_teacher"])
     records = [r for r in read_metrics(tmp_path) if r["split"] == "train"]
-    assert "divergence" in records[0] and "teacher_entropy" in records[0]
-    if "sinkhorn_weight" in distill:
-        assert np.isfinite(records[0]["sinkhorn"])
-    if distill.get("online"):
-        assert "teacher_loss" in records[0]
-    if "temperature_end" in distill:
-        assert records[0]["temperature"] == 1.0 and records[-1]["temperature"] == 2.0
+
+    task = get_task(config.task.name, **config.task.kwargs)
+    batch = task.train_batch(config.seed, 0, config.batch_size)
+    student = LanguageModel(model_config(config, task.vocab_size), rngs=nnx.Rngs(config.seed))
+    teacher, _ = load_model(teacher_dir)
+    (s_logits, s_hidden), (t_logits, t_hidden) = (
+        m(batch["tokens"], return_intermediates=True) for m in (student, teacher)
+    )
+    mask = batch["mask"]
+    log_p = _log_softmax64(s_logits)
+    ce = -np.take_along_axis(log_p, batch["targets"][..., None], -1)[..., 0][mask].mean()
+    d = config.distill
+    div = _divergence64(d.divergence, s_logits, t_logits, d.temperature, dict(d.kwargs))
+    expected = d.task_weight * ce + d.weight * div[mask].mean()
+    first = records[0]
+    if d.sinkhorn_weight:
+        expected += d.sinkhorn_weight * first["sinkhorn"]
+    if d.feature_weight:
+        h_s, h_t = (np.asarray(h["layer_1"], np.float64) for h in (s_hidden, t_hidden))
+        features = np.mean((h_s - h_t) ** 2, -1)[mask].mean()
+        np.testing.assert_allclose(first["features"], features, rtol=1e-4)
+        expected += d.feature_weight * features
+    np.testing.assert_allclose(first["ce"], ce, rtol=1e-5)
+    np.testing.assert_allclose(first["divergence"], div[mask].mean(), rtol=1e-4)
+    np.testing.assert_allclose(first["loss"], expected, rtol=1e-4)
+    assert first["temperature"] == d.temperature
+    if d.online:
+        assert np.isfinite(first["teacher_loss"])
+    if d.get("temperature_end") is not None:
+        assert records[-1]["temperature"] == d.temperature_end
 
 
 def test_same_loss_curve_on_every_mesh(tmp_path):
@@ -153,10 +201,14 @@ def test_non_finite_loss_stops_naming_the_step(tmp_path):
         ("mesh.data", 3, r"does not divide the 8 available"),
         ("batch_size", 12, r"config.batch_size=12 must be divisible by the data axes"),
         ("model.d_model", 15, r"d_model=15 must be divisible by num_heads=2"),
+        ("distill.temperature", 0.0, r"config.distill.temperature must be > 0, got 0.0"),
+        ("distill.temperature_end", -1.0, r"config.distill.temperature_end must be > 0"),
+        ("distill.feature_weight", 1.0, r"feature_weight needs equal widths; got student"),
     ],
 )
 def test_config_errors_before_compiling(key, value, message, tmp_path, teacher_dir):
-    config = tiny("distill_lm", **{"distill.teacher_workdir": str(teacher_dir)})
+    config = tiny("distill_lm", **{"distill.teacher": str(teacher_dir)})
+    config.model.d_model = 32  # the teacher's is 16
     if key == "model.mixer":
         config.model.mixer = value
     else:
@@ -192,7 +244,7 @@ def test_sigterm_then_rerun_is_bitwise_equal_to_uninterrupted(tmp_path):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     subprocess.run(_cli(tmp_path / "full"), check=True, env=env, capture_output=True)
     # Interrupt a second run once it has logged a step between checkpoints, then rerun it.
-    stop_after = int(np.random.default_rng().integers(2, 10))
+    stop_after = int(np.random.default_rng(0).integers(2, 10))
     proc = subprocess.Popen(
         _cli(tmp_path / "cut"), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
@@ -205,13 +257,13 @@ def test_sigterm_then_rerun_is_bitwise_equal_to_uninterrupted(tmp_path):
         time.sleep(0.05)
     out = proc.communicate(timeout=300)[0].decode()
     assert proc.returncode == 0, out
-    assert "preempted" in out or "done at step 12" in out
+    assert "preempted: checkpoint saved at step" in out, out  # stopped before the end
+    interrupted_at = max(int(p.name) for p in (tmp_path / "cut" / "checkpoints").iterdir())
+    assert stop_after <= interrupted_at < 12
     subprocess.run(_cli(tmp_path / "cut"), check=True, env=env, capture_output=True)
     full, cut = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "cut")
     assert strip_timing(cut) == strip_timing(full)  # losses and eval metrics, bitwise
     (m_full, _), (m_cut, _) = load_model(tmp_path / "full"), load_model(tmp_path / "cut")
-    from flax import nnx
-
     for a, b in zip(
         jax.tree.leaves(nnx.state(m_full)), jax.tree.leaves(nnx.state(m_cut)), strict=True
     ):

@@ -45,7 +45,8 @@ def base_config() -> ml_collections.ConfigDict:
 def distill_config(base: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Adds the distillation keys (API.md §4) to ``base``."""
     base.distill = {
-        "teacher_workdir": "./runs/pretrain_lm",
+        "teacher": None,  # a jaxdiv workdir (a Hugging Face directory: see the README)
+        "teacher_workdir": "./runs/pretrain_lm",  # alias of `teacher`, used when it is None
         "divergence": "forward_kl",  # a jaxdiv registry name
         "kwargs": {},  # its keyword arguments, e.g. {"beta": 0.5}
         "weight": 1.0,
@@ -54,6 +55,8 @@ def distill_config(base: ml_collections.ConfigDict) -> ml_collections.ConfigDict
         "sinkhorn_rows": 64,
         "temperature": 1.0,
         "temperature_end": None,  # linear temperature schedule when set
+        "feature_weight": 0.0,  # MSE between named hidden states (equal widths only)
+        "feature_layers": ("final_norm",),  # names from model(..., return_intermediates=True)
         "online": False,  # teacher trained alongside (BD-KD style)
         "teacher_weight": 1.0,  # online teacher's reverse-KL regulariser weight
     }

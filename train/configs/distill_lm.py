@@ -2,7 +2,7 @@
 
     python -m jaxdiv.train --config pretrain_lm --workdir runs/pretrain_lm
     python -m jaxdiv.train --config distill_lm --workdir runs/distill_fkl \\
-        --config.distill.teacher_workdir=runs/pretrain_lm --config.distill.divergence=forward_kl
+        --config.distill.teacher=runs/pretrain_lm --config.distill.divergence=forward_kl
 
 Any registry divergence works (``--config.distill.divergence=generalized_jsd
 --config.distill.kwargs.beta=0.5``); ``--config.distill.sinkhorn_weight=0.001`` adds SinKD
