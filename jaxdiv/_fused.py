@@ -17,7 +17,7 @@ def fused_linear_divergence(
     teacher_hidden: ArrayLike,
     teacher_weight: ArrayLike,
     *,
-    divergence: str | Callable = "forward_kl",
+    divergence: str | Callable[..., jax.Array] = "forward_kl",
     chunk_size: int = 1024,
     temperature: float | jax.Array = 1.0,
     where: ArrayLike | None = None,

@@ -1,10 +1,15 @@
-"""Registry of the per-row divergences, keyed by function name (what configs select)."""
+"""Registry of the verified per-row divergences, keyed by function name (what configs select).
+
+Reconstructions (BD-KD) are not registered here: see ``jaxdiv.experimental.get``.
+"""
 
 from collections.abc import Callable
 
-from jaxdiv import _bd_kd, _distillation, _divergences
+import jax
 
-_REGISTRY: dict[str, Callable] = {
+from jaxdiv import _distillation, _divergences
+
+_REGISTRY: dict[str, Callable[..., jax.Array]] = {
     fn.__name__: fn
     for fn in (
         _divergences.forward_kl,
@@ -20,12 +25,11 @@ _REGISTRY: dict[str, Callable] = {
         _divergences.f_divergence,
         _divergences.hinton_kd,
         _distillation.top_k_kl,
-        _bd_kd.bd_kd,
     )
 }
 
 
-def register(fn: Callable) -> Callable:
+def register(fn: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
     """Adds a per-row divergence ``fn(student_logits, teacher_logits, **kw)`` under its name."""
     _REGISTRY[fn.__name__] = fn
     return fn
@@ -42,7 +46,7 @@ def names() -> tuple[str, ...]:
     return tuple(sorted(_REGISTRY))
 
 
-def get(name: str) -> Callable:
+def get(name: str) -> Callable[..., jax.Array]:
     """The per-row divergence registered as ``name``; ``ValueError`` listing ``names()`` if none.
 
     Examples:

@@ -43,3 +43,13 @@ def test_main_demo_prints_every_divergence(tmp_path):
     ).stdout
     for name in jaxdiv.names():
         assert f"| {name} |" in out
+
+
+def test_reconstructions_live_in_experimental_and_stay_out_of_the_registry():
+    """API.md §2 names `jaxdiv.bd_kd` etc.; issue #15 keeps them out of `get`/`names`."""
+    import jaxdiv.experimental
+
+    for name in ("bd_kd", "bd_kd_teacher", "sequence_match_loss"):
+        assert getattr(jaxdiv, name) is getattr(jaxdiv.experimental, name), name
+        assert name in jaxdiv.__all__ and name not in jaxdiv.names(), name
+    assert set(jaxdiv.experimental.names()) == {"bd_kd", "bd_kd_teacher"}

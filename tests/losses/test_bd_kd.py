@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from jaxdiv._bd_kd import bd_kd, bd_kd_teacher
+import jaxdiv
+import jaxdiv.experimental
+from jaxdiv.experimental import bd_kd, bd_kd_teacher
 
 INF = float("inf")
 
@@ -259,3 +261,66 @@ def test_errors():
         bd_kd_teacher(z, z, where=jnp.ones((3,), bool))
     with pytest.raises(TypeError, match="positional"):
         bd_kd(z, z, 1.0)
+
+
+# ---------------------------------------------------------------- experimental status, v2 teacher
+
+
+def test_reconstructions_are_not_in_the_verified_registry():
+    assert "bd_kd" not in jaxdiv.names() and "bd_kd_teacher" not in jaxdiv.names()
+    with pytest.raises(ValueError, match="Unknown divergence 'bd_kd'"):
+        jaxdiv.get("bd_kd")
+    assert jaxdiv.experimental.names() == ("bd_kd", "bd_kd_teacher")
+    assert jaxdiv.experimental.get("bd_kd") is bd_kd is jaxdiv.bd_kd
+    assert jaxdiv.experimental.get("bd_kd_teacher") is bd_kd_teacher is jaxdiv.bd_kd_teacher
+    with pytest.raises(ValueError, match="Unknown experimental divergence 'kl'.*bd_kd"):
+        jaxdiv.experimental.get("kl")
+
+
+def ref_bd_kd_teacher(s, t, balanced, kappa=INF, T=1.0):
+    """v1: KL(p_s || p_t); v2 (balanced): (1 - w) KL(p_t || p_s) + w KL(p_s || p_t), w of bd_kd."""
+    if not balanced:
+        return np_kl(np_softmax(s, T), np_softmax(t, T))
+    return ref_bd_kd(s, t, kappa, T)
+
+
+@pytest.mark.parametrize("kappa, T", [(INF, 1.0), (0.0, 2.0), (1.7, 1.5)])
+def test_balanced_teacher_matches_float64_reference(rng, x64, kappa, T):
+    ks, kt = jax.random.split(rng)
+    s = 1.5 * jax.random.normal(ks, (7, 6), jnp.float64)
+    t = 2.5 * jax.random.normal(kt, (7, 6), jnp.float64)
+    for balanced in (False, True):
+        out = bd_kd_teacher(s, t, balanced=balanced, sharpness=kappa, temperature=T)
+        assert out.dtype == jnp.float64
+        want = ref_bd_kd_teacher(np.asarray(s), np.asarray(t), balanced, kappa, T)
+        np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-14)
+
+
+def test_balanced_teacher_weights_rows_by_the_entropy_gap():
+    flat = jnp.log(jnp.array([[0.5, 0.5]]))
+    peaked = jnp.log(jnp.array([[0.9, 0.1]]))
+    ps, pt = np_softmax(flat), np_softmax(peaked)
+    # Under-confident student (H(p_s) > H(p_t)): the plain v1 term KL(p_s || p_t).
+    np.testing.assert_allclose(bd_kd_teacher(flat, peaked, balanced=True), np_kl(ps, pt), 1e-6)
+    # Over-confident student: the forward direction KL(p_t || p_s) instead.
+    np.testing.assert_allclose(bd_kd_teacher(peaked, flat, balanced=True), np_kl(ps, pt), 1e-6)
+    v1 = bd_kd_teacher(peaked, flat)  # KL(p_peaked || p_flat)
+    np.testing.assert_allclose(v1, np_kl(pt, ps), 1e-6)
+
+
+def test_balanced_teacher_gradient_reaches_the_teacher_and_masks_hold(rng):
+    ks, kt = jax.random.split(rng)
+    s, t = logits(ks, (4, 5)), logits(kt, (4, 5))
+    mask = jnp.array([True, False, True, True])
+    t_bad = t.at[1].set(jnp.nan)
+    f = lambda b: bd_kd_teacher(jax.lax.stop_gradient(s), b, balanced=True, where=mask).sum()
+    g = jax.grad(f)(t_bad)
+    assert np.isfinite(g).all() and (g[1] == 0).all() and np.abs(g[0]).sum() > 0
+
+
+def test_teacher_option_errors():
+    z = jnp.zeros((2, 3))
+    with pytest.raises(TypeError, match="`balanced` must be a bool"):
+        bd_kd_teacher(z, z, balanced="yes")
+    with pytest.raises(ValueError, match="`sharpness`"):
+        bd_kd_teacher(z, z, balanced=True, sharpness=-1.0)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from jaxdiv._sequence_match import sequence_match_loss
+from jaxdiv.experimental import sequence_match_loss
 
 # ---------------------------------------------------------------- float64 NumPy reference
 
@@ -17,20 +17,28 @@ def np_logsumexp(x):
     return m + np.log(np.sum(np.exp(x - m)))
 
 
-def ref_loss(logits, actions, is_data, lengths, gamma, alpha, weighting="uniform"):
-    """Loop transcription of the documented objective, one transition at a time."""
+def ref_loss(
+    logits, actions, is_data, lengths, gamma, alpha, weighting="uniform", terminal="zero", pad=None
+):
+    """Loop transcription of the documented objective, one transition at a time.
+
+    terminal="absorbing": a sequence of length n > 0 continues in the padding state up to L,
+    taking the action `pad` at t >= n (Q-values: the logits there); only t = L is terminal.
+    """
     logits = np.asarray(logits, np.float64)
     data_terms, value_terms, sq_terms, kinds = [], [], [], []
     for b in range(logits.shape[0]):
         n = lengths[b]
         if n == 0:
             continue
+        steps = logits.shape[1] if terminal == "absorbing" else n
         A = Vt = S = 0.0
-        for t in range(n):
+        for t in range(steps):
             w = gamma**t if weighting == "discounted" else 1.0
             v = np_logsumexp(logits[b, t])
-            v_next = np_logsumexp(logits[b, t + 1]) if t + 1 < n else 0.0  # terminal: V = 0
-            r = logits[b, t, actions[b, t]] - gamma * v_next
+            v_next = np_logsumexp(logits[b, t + 1]) if t + 1 < steps else 0.0  # terminal: V = 0
+            action = actions[b, t] if t < n else pad
+            r = logits[b, t, action] - gamma * v_next
             A += w * r
             Vt += w * (v - gamma * v_next)
             S += w * r * r
@@ -295,3 +303,54 @@ def test_errors():
         sequence_match_loss(z, a, is_data=d, weighting="geometric")
     with pytest.raises(TypeError):
         sequence_match_loss(z, a, d)  # is_data is keyword-only
+
+
+# ---------------------------------------------------------------- absorbing padding (paper lead)
+
+
+@pytest.mark.parametrize(
+    "gamma, alpha, weighting", [(0.9, 0.3, "uniform"), (0.998, None, "discounted")]
+)
+def test_absorbing_padding_matches_float64_reference(rng, x64, gamma, alpha, weighting):
+    logits, actions, is_data, where, lengths = make_batch(rng)
+    logits = logits.astype(jnp.float64)
+    lengths = np.array([7, 3, 5, 0, 6])  # row 3 has no valid position: removed
+    where = jnp.arange(7)[None, :] < jnp.asarray(lengths)[:, None]
+    logits = logits.at[3].set(jnp.nan)  # a removed row may hold NaN
+    kw = dict(gamma=gamma, alpha=alpha, weighting=weighting)
+    out = sequence_match_loss(
+        logits, actions, is_data=is_data, where=where, terminal="absorbing", pad_id=2, **kw
+    )
+    assert out.dtype == jnp.float64
+    want = ref_loss(
+        np.asarray(logits), np.asarray(actions), np.asarray(is_data), lengths,
+        terminal="absorbing", pad=2, **kw,
+    )  # fmt: skip
+    np.testing.assert_allclose(out, want, rtol=1e-12)
+    zero = sequence_match_loss(logits, actions, is_data=is_data, where=where, **kw)
+    assert abs(float(zero) - float(out)) > 1e-6  # the two terminal rules differ
+
+
+def test_absorbing_equals_zero_terminal_on_padded_full_length_sequences(rng):
+    logits, actions, is_data, where, _ = make_batch(rng)
+    padded_actions = jnp.where(where, actions, 4)
+    absorbing = sequence_match_loss(
+        logits, actions, is_data=is_data, where=where, gamma=0.9, terminal="absorbing", pad_id=4
+    )
+    full = sequence_match_loss(logits, padded_actions, is_data=is_data, gamma=0.9)
+    np.testing.assert_allclose(absorbing, full, rtol=1e-6)
+    grad = jax.grad(
+        lambda z: sequence_match_loss(
+            z, actions, is_data=is_data, where=where, terminal="absorbing", pad_id=4
+        )
+    )(logits)
+    assert np.isfinite(grad).all() and np.abs(grad[1, 5]).sum() > 0  # padding steps train
+
+
+def test_terminal_option_errors():
+    z, a, d = jnp.zeros((2, 3, 4)), jnp.zeros((2, 3), jnp.int32), jnp.array([True, False])
+    with pytest.raises(ValueError, match="`terminal` must be one of"):
+        sequence_match_loss(z, a, is_data=d, terminal="eos")
+    for bad in (None, 4, -1, True, 1.0):
+        with pytest.raises(ValueError, match=r"`pad_id` must be an int in \[0, 4\)"):
+            sequence_match_loss(z, a, is_data=d, terminal="absorbing", pad_id=bad)
