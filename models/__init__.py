@@ -4,6 +4,8 @@ Ops: ``selective_scan`` (Mamba S6), ``ssm_kernel_diag`` / ``ssm_kernel_dplr`` (S
 ``linear_attention``, ``lightnet_attention``, ``softmax_attention``. Mixer blocks (token mixer
 alone): ``S4Block``, ``MambaBlock``, ``LightNetBlock``, ``LinearAttentionBlock``,
 ``AttentionBlock``. Models: ``LMConfig``, ``LanguageModel``, ``SequenceClassifier``.
+Hugging Face checkpoints (``pretrained.py``): ``load_pretrained``, ``save_pretrained``,
+``load_tokenizer``.
 
 Layout rule (where a mixer lives):
 
@@ -33,6 +35,9 @@ from jaxdiv.models.lm import MIXERS as MIXERS
 from jaxdiv.models.lm import LanguageModel as LanguageModel
 from jaxdiv.models.lm import LMConfig as LMConfig
 from jaxdiv.models.lm import SequenceClassifier as SequenceClassifier
+from jaxdiv.models.pretrained import load_pretrained as load_pretrained
+from jaxdiv.models.pretrained import load_tokenizer as load_tokenizer
+from jaxdiv.models.pretrained import save_pretrained as save_pretrained
 from jaxdiv.models.ssm.mamba import MambaBlock as MambaBlock
 from jaxdiv.models.ssm.mamba import load_torch_mamba as load_torch_mamba
 from jaxdiv.models.ssm.s4 import S4Block as S4Block
@@ -52,7 +57,10 @@ __all__ = (
     "SequenceClassifier",
     "lightnet_attention",
     "linear_attention",
+    "load_pretrained",
+    "load_tokenizer",
     "load_torch_mamba",
+    "save_pretrained",
     "selective_scan",
     "softmax_attention",
     "ssm_kernel_diag",

@@ -36,6 +36,12 @@ class LMConfig:
     ``param_dtype``
     the storage dtype (SSM-sensitive parameters always stay float32).
 
+    Options for Hugging Face architectures (``jaxdiv.models.load_pretrained``; unset, they
+    leave the model exactly as before): ``num_kv_heads`` (grouped-query attention, None =
+    ``num_heads``), ``head_dim`` (None = ``d_model // num_heads``), ``attention_bias`` (q, k, v
+    biases, as Qwen2) and ``rope_theta`` (the RoPE base) configure the ``"attention"`` mixer;
+    ``mlp_hidden`` sets the MLP width explicitly (None = ``int(mlp_ratio * d_model)``).
+
     Examples:
         >>> from jaxdiv.models import LMConfig
         >>> LMConfig(vocab_size=17, d_model=16, n_layers=2, mixer=("mamba", "attention")).mixers
@@ -58,6 +64,11 @@ class LMConfig:
     norm_eps: float = 1e-6
     dtype: str = "float32"
     param_dtype: str = "float32"
+    num_kv_heads: int | None = None
+    head_dim: int | None = None
+    attention_bias: bool = False
+    mlp_hidden: int | None = None
+    rope_theta: float = 10000.0
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers"):
@@ -76,10 +87,25 @@ class LMConfig:
             raise ValueError(
                 f"Unknown mixer(s) {unknown}; expected names from {list(mixer_names())}."
             )
-        if self.d_model % self.heads():
+        if self.head_dim is None and self.d_model % self.heads():
             raise ValueError(
                 f"LMConfig.d_model={self.d_model} must be divisible by num_heads={self.heads()}."
             )
+        if self.num_kv_heads is not None and (
+            not isinstance(self.num_kv_heads, int)
+            or self.num_kv_heads < 1
+            or self.heads() % self.num_kv_heads
+        ):
+            raise ValueError(
+                f"LMConfig.num_kv_heads must be a positive int dividing num_heads={self.heads()}, "
+                f"got {self.num_kv_heads!r}."
+            )
+        for name, low in (("head_dim", 1), ("mlp_hidden", 0)):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < low):
+                raise ValueError(f"LMConfig.{name} must be None or an int >= {low}, got {value!r}.")
+        if not self.rope_theta > 0:
+            raise ValueError(f"LMConfig.rope_theta must be positive, got {self.rope_theta!r}.")
         for name in ("dtype", "param_dtype"):
             try:
                 jnp.dtype(getattr(self, name))
@@ -110,7 +136,9 @@ class Layer(nnx.Module):
         self.norm = RMSNorm(config.d_model, eps=config.norm_eps, **kw)
         spec = get_mixer(mixer)
         self.mixer = spec.build(config, dict(kw, rngs=rngs, sequence_axis=config.sequence_axis))
-        hidden = int(config.mlp_ratio * config.d_model)
+        hidden = config.mlp_hidden
+        if hidden is None:
+            hidden = int(config.mlp_ratio * config.d_model)
         if spec.mlp and hidden > 0:
             self.mlp_norm = RMSNorm(config.d_model, eps=config.norm_eps, **kw)
             self.mlp = MLP(config.d_model, hidden, **kw, rngs=rngs)

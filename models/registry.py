@@ -122,7 +122,15 @@ register_mixer(
     "attention",
     Mixer(
         AttentionBlock,
-        lambda c, kw: AttentionBlock(c.d_model, num_heads=c.heads(), **kw),
+        lambda c, kw: AttentionBlock(
+            c.d_model,
+            num_heads=c.heads(),
+            head_dim=c.head_dim,
+            num_kv_heads=c.num_kv_heads,
+            qkv_bias=c.attention_bias,
+            rope_base=c.rope_theta,
+            **kw,
+        ),
         "keys and values [B, T, H, d] and the position index",
         lasp2h_attention,
     ),

@@ -208,8 +208,12 @@ class AttentionBlock(nnx.Module):
       d_model: D, the model width.
       num_heads: H; default the largest divisor of D that is at most max(1, D // 64).
       head_dim: d; default D // H (then D must be divisible by H).
+      num_kv_heads: grouped-query attention (Ainslie et al. 2023): keys and values get this
+        many heads (it must divide H), query head h reading key/value head h // (H / num_kv_heads)
+        (Hugging Face's ``repeat_kv``); default H (multi-head attention).
+      qkv_bias: give the q, k, v projections biases (Qwen2); ``o_proj`` has none.
       rope: apply rotary position embeddings to q and k (needs an even d).
-      rope_base: RoPE frequency base.
+      rope_base: RoPE frequency base (Hugging Face ``rope_theta``).
       dtype: compute dtype of the projections (default: promote input and parameters); the
         output has ``dtype`` or, when None, the input's dtype. Softmax math is float32.
       param_dtype: storage dtype of the parameters.
@@ -233,6 +237,8 @@ class AttentionBlock(nnx.Module):
         *,
         num_heads: int | None = None,
         head_dim: int | None = None,
+        num_kv_heads: int | None = None,
+        qkv_bias: bool = False,
         rope: bool = True,
         rope_base: float = 10000.0,
         sequence_axis: str | None = None,
@@ -244,25 +250,36 @@ class AttentionBlock(nnx.Module):
         if rope and head_dim % 2:
             raise ValueError(f"`rope=True` needs an even `head_dim`, got head_dim={head_dim}.")
         checks.positive(rope_base, "rope_base")
-        inner = num_heads * head_dim
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        num_kv_heads = checks.positive_int(num_kv_heads, "num_kv_heads")
+        if num_heads % num_kv_heads:
+            raise ValueError(
+                f"`num_kv_heads` must divide num_heads={num_heads}, got {num_kv_heads}."
+            )
+        inner, kv_inner = num_heads * head_dim, num_kv_heads * head_dim
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.q_proj = Linear(d_model, inner, axes=("embed", "heads"), **kw)
-        self.k_proj = Linear(d_model, inner, axes=("embed", "heads"), **kw)
-        self.v_proj = Linear(d_model, inner, axes=("embed", "heads"), **kw)
+        self.q_proj = Linear(d_model, inner, axes=("embed", "heads"), use_bias=qkv_bias, **kw)
+        self.k_proj = Linear(d_model, kv_inner, axes=("embed", "heads"), use_bias=qkv_bias, **kw)
+        self.v_proj = Linear(d_model, kv_inner, axes=("embed", "heads"), use_bias=qkv_bias, **kw)
         self.o_proj = Linear(inner, d_model, axes=("heads", "embed"), **kw)
         self.d_model, self.num_heads, self.head_dim = d_model, num_heads, head_dim
+        self.num_kv_heads = num_kv_heads
         self.rope, self.rope_base = rope, float(rope_base)
         self.dtype = dtype
         self.sequence_axis = sequence_axis  # sequence parallelism (see parallel.sequence_mesh)
 
     def _qkv(self, x: jax.Array, positions) -> tuple[jax.Array, jax.Array, jax.Array]:
         dtype = self.dtype or x.dtype
-        q, k, v = (
-            _split_heads(proj(x).astype(dtype), self.num_heads)  # [..., H, K]
-            for proj in (self.q_proj, self.k_proj, self.v_proj)
+        q = _split_heads(self.q_proj(x).astype(dtype), self.num_heads)  # [..., H, K]
+        k, v = (
+            _split_heads(proj(x).astype(dtype), self.num_kv_heads)  # [..., H_kv, K]
+            for proj in (self.k_proj, self.v_proj)
         )
         if self.rope:
             q, k = rope(q, positions, base=self.rope_base), rope(k, positions, base=self.rope_base)
+        if self.num_kv_heads != self.num_heads:  # grouped-query: kv head j serves a run of heads
+            groups = self.num_heads // self.num_kv_heads
+            k, v = jnp.repeat(k, groups, axis=-2), jnp.repeat(v, groups, axis=-2)  # [..., H, K]
         return q, k, v
 
     def _mix(self, q, k, v, where) -> jax.Array:
