@@ -1,6 +1,7 @@
 """Resolving presets and config files, and ``--config.key=value`` overrides."""
 
 import ast
+import difflib
 import importlib
 import importlib.util
 import os
@@ -37,8 +38,11 @@ def get_config(name: str) -> ml_collections.ConfigDict:
     elif name in preset_names():
         module = importlib.import_module(f"jaxdiv.train.configs.{name}")
     else:
+        close = difflib.get_close_matches(name, preset_names(), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(
-            f"Unknown config {name!r}: expected a .py file or one of {list(preset_names())}."
+            f"Unknown config {name!r}{hint}: expected a .py file or one of "
+            f"{list(preset_names())}."
         )
     return module.get_config()
 
@@ -58,13 +62,14 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]):
         path, text = item.split("=", 1)
         *parents, leaf = path.split(".")
         node = config
-        for key in parents:
+        for depth, key in enumerate(parents):
             if key not in node:
-                raise ValueError(f"Override {item!r}: config has no key {path!r}.")
+                raise ValueError(_no_key(item, parents[:depth], key, node))
             node = node[key]
-        # New keys are allowed only in the free-form keyword dicts (task/distill kwargs).
-        if leaf not in node and not (parents and parents[-1] == "kwargs"):
-            raise ValueError(f"Override {item!r}: config has no key {path!r}.")
+        # New keys are allowed only in the free-form option dicts: `task` (the task's own
+        # options, e.g. task.files) and any `kwargs` (task or divergence keyword arguments).
+        if leaf not in node and parents not in (["task"],) and parents[-1:] != ["kwargs"]:
+            raise ValueError(_no_key(item, parents, leaf, node))
         value = _parse_value(text)
         if isinstance(value, list):
             value = tuple(value)
@@ -73,6 +78,14 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]):
         except TypeError as e:
             raise ValueError(f"Override {item!r}: {e}") from None
     return config
+
+
+def _no_key(item: str, parents: list[str], key: str, node) -> str:
+    """ "config has no key 'a.b'; did you mean 'a.c'?" for an override naming a missing key."""
+    path = ".".join([*parents, key])
+    close = difflib.get_close_matches(key, [str(k) for k in node.keys()], n=1)
+    hint = f"; did you mean {'.'.join([*parents, close[0]])!r}?" if close else "."
+    return f"override {item!r}: the config has no key {path!r}{hint}"
 
 
 def smoke_mode() -> bool:

@@ -133,8 +133,11 @@ def validate(config, mesh) -> None:
 
 
 def task_of(config) -> Task:
-    """The data task named by ``config.task``."""
-    return get_task(config.task.name, **config_to_dict(config.task.get("kwargs", {})))
+    """The data task named by ``config.task``: its options are ``config.task.kwargs`` and any
+    other key of ``config.task`` (e.g. ``task.files`` of the ``text`` task)."""
+    task = config_to_dict(config.task)
+    options = {k: v for k, v in task.items() if k not in ("name", "kwargs")}
+    return get_task(task["name"], **config_to_dict(task.get("kwargs") or {}), **options)
 
 
 def teacher_path(config) -> str | None:
@@ -294,14 +297,17 @@ class Experiment:
         """The state's ShapeDtypeStructs with their shardings (the restore target)."""
         return abstract_of(self.spec.init, self.spec.shardings)
 
-    def evaluate(self, params) -> dict:
-        """Held-out metrics: batch means averaged with each batch's weight (valid rows)."""
+    def evaluate(self, state: dict) -> dict:
+        """Held-out metrics of the state's model (and KL to its teacher: the frozen one, or
+        the online teacher of the state): batch means weighted by each batch's valid rows."""
+        params = state["params"]
+        teacher_params = state.get("teacher_params", self.teacher_params)
         config, task = self.config, self.task
         sums, total = {}, 0.0
         batches = task.batches("eval", batch_size=int(config.batch_size), **self.hosts)
         for local in itertools.islice(batches, int(config.eval_batches)):
             batch = self.global_batch(local)
-            out = jax.device_get(self.eval_step(params, batch, self.teacher_params))
+            out = jax.device_get(self.eval_step(params, batch, teacher_params))
             weight = float(out.pop("weight"))
             total += weight
             for k, v in out.items():
@@ -394,7 +400,11 @@ def build(config, workdir=None, *, mesh=None, teacher: Trained | None = None) ->
     )
     eval_step = jax.jit(
         make_eval_step(spec.graphdef, objective, teacher_graphdef=teacher_graphdef),
-        in_shardings=(spec.shardings["params"], batch_shardings, teacher_sh),
+        in_shardings=(
+            spec.shardings["params"],
+            batch_shardings,
+            spec.shardings.get("teacher_params", teacher_sh),  # online: the state's teacher
+        ),
         out_shardings=repl,
     )
     abstract_batch = {

@@ -6,6 +6,7 @@ jaxdiv-train --config my_config.py --workdir runs/y --config.steps=1000
 """
 
 import argparse
+import os
 import sys
 
 from jaxdiv.train.config import apply_overrides, get_config, preset_names
@@ -41,6 +42,18 @@ def parse(argv):
 
 
 def main(argv=None) -> int:
+    """Runs the CLI; a config or input error ends it with one line on stderr and exit code 2
+    (``JAXDIV_TRACEBACK=1`` shows the traceback instead)."""
+    try:
+        return _main(argv)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        if os.environ.get("JAXDIV_TRACEBACK"):
+            raise
+        print(f"jaxdiv-train: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(argv) -> int:
     args, overrides = parse(sys.argv[1:] if argv is None else argv)
     from jaxdiv.train.job import main_job
     from jaxdiv.train.trainer import run

@@ -150,7 +150,7 @@ def train(exp: Experiment) -> dict:
                     last_log, timed_steps = time.perf_counter(), 0
                 eval_every = int(config.get("eval_every", 0) or 0)
                 if (eval_every and step % eval_every == 0) or step == config.steps:
-                    writer.write(step, "eval", exp.evaluate(state["params"]))
+                    writer.write(step, "eval", exp.evaluate(state))
                     last_log = time.perf_counter()
                 extra = {"step": step, "seed": int(config.seed), "data": batches.get_state()}
                 if step % config.checkpoint_every == 0 or step == config.steps:

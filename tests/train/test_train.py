@@ -240,13 +240,29 @@ def _cli(workdir, *extra):
     ]
 
 
-def test_sigterm_then_rerun_is_bitwise_equal_to_uninterrupted(tmp_path):
+def _text_data(tmp_path) -> list[str]:
+    """The ``text`` task on a JSONL file of the Python docs' topics (one document each)."""
+    from pydoc_data.topics import topics
+
+    path = tmp_path / "topics.jsonl"
+    path.write_text("\n".join(json.dumps({"body": topics[k]}) for k in sorted(topics)[:20]))
+    return [
+        "--config.task.name=text",
+        f"--config.task.files={str(path)!r}",
+        "--config.task.format=jsonl",
+        "--config.task.field=body",
+    ]
+
+
+@pytest.mark.parametrize("data", ["pydoc_bytes", "text"])
+def test_sigterm_then_rerun_is_bitwise_equal_to_uninterrupted(data, tmp_path):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    subprocess.run(_cli(tmp_path / "full"), check=True, env=env, capture_output=True)
+    extra = _text_data(tmp_path) if data == "text" else []
+    subprocess.run(_cli(tmp_path / "full", *extra), check=True, env=env, capture_output=True)
     # Interrupt a second run once it has logged a step between checkpoints, then rerun it.
     stop_after = int(np.random.default_rng(0).integers(2, 10))
     proc = subprocess.Popen(
-        _cli(tmp_path / "cut"), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        _cli(tmp_path / "cut", *extra), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     metrics = tmp_path / "cut" / "metrics.jsonl"
     deadline = time.time() + 300
@@ -260,7 +276,7 @@ def test_sigterm_then_rerun_is_bitwise_equal_to_uninterrupted(tmp_path):
     assert "preempted: checkpoint saved at step" in out, out  # stopped before the end
     interrupted_at = max(int(p.name) for p in (tmp_path / "cut" / "checkpoints").iterdir())
     assert stop_after <= interrupted_at < 12
-    subprocess.run(_cli(tmp_path / "cut"), check=True, env=env, capture_output=True)
+    subprocess.run(_cli(tmp_path / "cut", *extra), check=True, env=env, capture_output=True)
     full, cut = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "cut")
     assert strip_timing(cut) == strip_timing(full)  # losses and eval metrics, bitwise
     (m_full, _), (m_cut, _) = load_model(tmp_path / "full"), load_model(tmp_path / "cut")
@@ -268,6 +284,32 @@ def test_sigterm_then_rerun_is_bitwise_equal_to_uninterrupted(tmp_path):
         jax.tree.leaves(nnx.state(m_full)), jax.tree.leaves(nnx.state(m_cut)), strict=True
     ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--config", "pretrain_lm", "--config.model.d_modle=8"],
+            "override 'model.d_modle=8': the config has no key 'model.d_modle'; did you mean "
+            "'model.d_model'?",
+        ),
+        (
+            ["--config", "distil_lm"],
+            "Unknown config 'distil_lm' (did you mean 'distill_lm'?): expected a .py file or "
+            "one of ['digits', 'distill_lm', 'pretrain_lm', 'selective_copying'].",
+        ),
+    ],
+)
+def test_cli_errors_are_one_line(args, message, tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "jaxdiv.train", *args, "--workdir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == f"jaxdiv-train: error: {message}"
 
 
 def test_cli_help_lists_presets():

@@ -1,8 +1,10 @@
-"""Embedded training tasks: batches as pure functions of ``(seed, step)``, nothing downloaded.
+"""Training tasks: batches as pure functions of ``(seed, step)``, nothing downloaded.
 
 # B batch (global), L length (``seq_len``), P process count
 
-Five tasks, built by :func:`get_task`:
+Six tasks, built by :func:`get_task`: five embedded ones and ``text``, the user's own files
+(``files.py``: plain text, JSONL, parquet or a Hugging Face ``save_to_disk`` directory,
+tokenised with bytes or a ``tokenizer.json`` and packed with document boundaries kept).
 
 =====================  ==============  =====  =======  ==================================
 name                   kind            vocab  seq_len  data
@@ -12,6 +14,7 @@ name                   kind            vocab  seq_len  data
 ``induction_heads``    lm              16     64       synthetic (Mamba §4.1, H3)
 ``associative_recall`` lm              64     64       synthetic MQAR (Zoology)
 ``digits``             classification  17     64       scikit-learn digits, 8×8 pixels
+``text``               lm              tok.   256      your files (``files``, ``format``)
 =====================  ==============  =====  =======  ==================================
 
 Batches are dicts of NumPy arrays. LM tasks give ``tokens`` int32 ``[B, L]``, ``targets`` int32
@@ -47,12 +50,13 @@ from jaxdiv.train.data.base import BatchIterator as BatchIterator
 from jaxdiv.train.data.base import IndexedTask as IndexedTask
 from jaxdiv.train.data.base import Task as Task
 from jaxdiv.train.data.digits import Digits
+from jaxdiv.train.data.files import TextFiles
 from jaxdiv.train.data.synthetic import AssociativeRecall, InductionHeads, SelectiveCopying
 from jaxdiv.train.data.text import PydocBytes
 
 _TASKS: dict[str, type[IndexedTask]] = {
     cls.name: cls
-    for cls in (PydocBytes, SelectiveCopying, InductionHeads, AssociativeRecall, Digits)
+    for cls in (PydocBytes, SelectiveCopying, InductionHeads, AssociativeRecall, Digits, TextFiles)
 }
 
 
