@@ -4,6 +4,7 @@ Ops: ``selective_scan`` (Mamba S6), ``ssm_kernel_diag`` / ``ssm_kernel_dplr`` (S
 ``linear_attention``, ``lightnet_attention``, ``softmax_attention``. Mixer blocks (token mixer
 alone): ``S4Block``, ``MambaBlock``, ``LightNetBlock``, ``LinearAttentionBlock``,
 ``AttentionBlock``. Models: ``LMConfig``, ``LanguageModel``, ``SequenceClassifier``.
+Mamba-2: the op ``ssd`` (state-space duality) and the mixer ``Mamba2Block``.
 Hugging Face checkpoints (``pretrained.py``): ``load_pretrained``, ``save_pretrained``,
 ``load_tokenizer``.
 
@@ -40,10 +41,12 @@ from jaxdiv.models.pretrained import load_tokenizer as load_tokenizer
 from jaxdiv.models.pretrained import save_pretrained as save_pretrained
 from jaxdiv.models.ssm.mamba import MambaBlock as MambaBlock
 from jaxdiv.models.ssm.mamba import load_torch_mamba as load_torch_mamba
+from jaxdiv.models.ssm.mamba2 import Mamba2Block as Mamba2Block
 from jaxdiv.models.ssm.s4 import S4Block as S4Block
 from jaxdiv.models.ssm.s4_ops import ssm_kernel_diag as ssm_kernel_diag
 from jaxdiv.models.ssm.s4_ops import ssm_kernel_dplr as ssm_kernel_dplr
 from jaxdiv.models.ssm.selective_scan import selective_scan as selective_scan
+from jaxdiv.models.ssm.ssd import ssd as ssd
 
 __all__ = (
     "MIXERS",
@@ -52,6 +55,7 @@ __all__ = (
     "LanguageModel",
     "LightNetBlock",
     "LinearAttentionBlock",
+    "Mamba2Block",
     "MambaBlock",
     "S4Block",
     "SequenceClassifier",
@@ -63,6 +67,7 @@ __all__ = (
     "save_pretrained",
     "selective_scan",
     "softmax_attention",
+    "ssd",
     "ssm_kernel_diag",
     "ssm_kernel_dplr",
 )

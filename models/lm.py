@@ -36,6 +36,11 @@ class LMConfig:
     ``param_dtype``
     the storage dtype (SSM-sensitive parameters always stay float32).
 
+    The ``"mamba2"`` mixer (``Mamba2Block``) shares ``d_conv``, ``expand``, ``chunk_size`` and
+    ``norm_eps`` (its gated norm) and adds ``mamba2_state`` (N per head), ``mamba2_headdim`` (P;
+    None = the largest divisor of ``expand * d_model`` up to 64) and ``mamba2_ngroups`` (groups
+    of heads sharing B and C).
+
     Options for Hugging Face architectures (``jaxdiv.models.load_pretrained``; unset, they
     leave the model exactly as before): ``num_kv_heads`` (grouped-query attention, None =
     ``num_heads``), ``head_dim`` (None = ``d_model // num_heads``), ``attention_bias`` (q, k, v
@@ -64,6 +69,9 @@ class LMConfig:
     norm_eps: float = 1e-6
     dtype: str = "float32"
     param_dtype: str = "float32"
+    mamba2_state: int = 64
+    mamba2_headdim: int | None = None
+    mamba2_ngroups: int = 1
     num_kv_heads: int | None = None
     head_dim: int | None = None
     attention_bias: bool = False
@@ -125,6 +133,13 @@ class LMConfig:
             return self.num_heads
         target = max(1, self.d_model // 64)
         return max(h for h in range(1, target + 1) if self.d_model % h == 0)
+
+    def mamba2_head_dim(self) -> int:
+        """``mamba2_headdim``, or the largest divisor of expand * d_model that is at most 64."""
+        if self.mamba2_headdim:
+            return self.mamba2_headdim
+        inner = self.expand * self.d_model
+        return max(p for p in range(1, min(64, inner) + 1) if inner % p == 0)
 
 
 class Layer(nnx.Module):

@@ -33,6 +33,10 @@ Mixers:
   ``y_t += ⟨exp(A ⊙ Σ_{s≤t} Δ_s) ⊙ h_in, C_t⟩`` (log space), over chunks of ``chunk_size``
   tokens, rematerialised in the backward pass: extra memory O(B·chunk_size·D·N), never
   [B, L, D, N].
+- :func:`sequence_parallel_ssd`: Mamba-2 (SSD). The decay is a scalar per head and step, so a
+  shard's decay is ``exp(Σ_t Δ_t A)``; gathered: the final state and that log decay
+  (``[W, B, H, P·N + 1]``). The entering state's term ``exp(Σ_{s≤t} Δ_s A) S_in C_t`` is one
+  einsum against C.
 - :func:`sequence_parallel_s4`: S4D (diagonal, ZOH) and S4 (DPLR, bilinear), the SSM of
   :class:`~jaxdiv.models.S4Block`. Time-invariant, so the decay Ā^{L_shard} is known on every
   shard and only the final states are gathered ([W, B, H, N2, 2], complex as real pairs). Local
@@ -60,6 +64,7 @@ from .attention.parallel import lasp2h_attention as lasp2h_attention
 from .sharding import sequence_mesh as sequence_mesh
 from .ssm.parallel import sequence_parallel_s4 as sequence_parallel_s4
 from .ssm.parallel import sequence_parallel_selective_scan as sequence_parallel_selective_scan
+from .ssm.parallel import sequence_parallel_ssd as sequence_parallel_ssd
 
 __all__ = (
     "lasp2_lightnet_attention",
@@ -68,4 +73,5 @@ __all__ = (
     "sequence_mesh",
     "sequence_parallel_s4",
     "sequence_parallel_selective_scan",
+    "sequence_parallel_ssd",
 )

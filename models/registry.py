@@ -15,7 +15,12 @@ from flax import nnx
 from .attention.blocks import AttentionBlock, LightNetBlock, LinearAttentionBlock
 from .attention.parallel import lasp2_lightnet_attention, lasp2_linear_attention, lasp2h_attention
 from .ssm.mamba import MambaBlock
-from .ssm.parallel import sequence_parallel_s4, sequence_parallel_selective_scan
+from .ssm.mamba2 import Mamba2Block
+from .ssm.parallel import (
+    sequence_parallel_s4,
+    sequence_parallel_selective_scan,
+    sequence_parallel_ssd,
+)
 from .ssm.s4 import S4Block
 
 
@@ -95,6 +100,26 @@ register_mixer(
         ),
         "conv window [B, d_conv - 1, D_inner] and SSM state h [B, D_inner, N]",
         sequence_parallel_selective_scan,
+        mlp=False,
+    ),
+)
+register_mixer(
+    "mamba2",
+    Mixer(
+        Mamba2Block,
+        lambda c, kw: Mamba2Block(
+            c.d_model,
+            d_state=c.mamba2_state,
+            d_conv=c.d_conv,
+            expand=c.expand,
+            headdim=c.mamba2_head_dim(),
+            ngroups=c.mamba2_ngroups,
+            chunk_size=c.chunk_size,
+            norm_eps=c.norm_eps,
+            **kw,
+        ),
+        "conv window [B, d_conv - 1, D_inner + 2 G N] and SSM state S [B, H, P, N]",
+        sequence_parallel_ssd,
         mlp=False,
     ),
 )

@@ -1,4 +1,4 @@
-"""Sequence-parallel SSM mixers: state passing for Mamba (selective scan) and S4/S4D.
+"""Sequence-parallel SSM mixers: state passing for Mamba (selective scan), Mamba-2 (SSD), S4/S4D.
 
 See :mod:`jaxdiv.models.parallel` for the scheme (one all-gather of L-independent states).
 """
@@ -18,6 +18,8 @@ from jaxdiv.models.sharding import exclusive_prefix, shard_layout
 
 from . import s4_ops as sk
 from .selective_scan import selective_scan
+from .ssd import _check_inputs as _check_ssd_inputs
+from .ssd import ssd
 
 _HIGHEST = lax.Precision.HIGHEST
 
@@ -412,3 +414,122 @@ def sequence_parallel_s4(
 
     seq = P_(batch, axis_name, tensor)
     return jax.shard_map(body, mesh=mesh, in_specs=tuple(specs), out_specs=seq)(*args)
+
+
+# --- Mamba-2: SSD -------------------------------------------------------------------------------
+# b batch, L length (per shard), h heads, p head dim, g groups, r = h / g, n state, W shards
+
+
+def _ssd_local(x, dt, A, B, C, D, *, axis_name, chunk_size):
+    b, L, h, p = x.shape
+    g, n = B.shape[-2:]
+    r = h // g
+    # A zero initial state varying over the same mesh axes as the scan's carry (zeros_like keeps
+    # the varying axes of its argument; a plain jnp.zeros would not match inside shard_map).
+    S0 = jnp.zeros_like(x[:, 0, :, :, None] * B[:, 0, :1, None, :])  # [b, h, p, n]
+    y, S_local = ssd(
+        x, dt, A, B, C, D=D, chunk_size=chunk_size, initial_state=S0, return_final_state=True
+    )  # [b, L, h, p], [b, h, p, n]
+    a_cum = jnp.cumsum(dt * A[None, None], axis=1)  # Σ_{s≤t} Δ_s A, [b, L, h] (≤ 0)
+    packed = jnp.concatenate([S_local.reshape(b, h, p * n), a_cum[:, -1, :, None]], axis=-1)
+    gathered = lax.all_gather(packed, axis_name)  # [W, b, h, p·n + 1]
+    states, sums = gathered[..., :-1], gathered[..., -1:]  # [W, b, h, p·n], [W, b, h, 1]
+
+    def combine(first, second):  # (σ, S): (σ_a + σ_b, exp(σ_b) S_a + S_b)
+        return first[0] + second[0], jnp.exp(second[0]) * first[1] + second[1]
+
+    prefix = lax.associative_scan(combine, (sums, states), axis=0)[1]  # [W, b, h, p·n]
+    S_in = exclusive_prefix(prefix, lax.axis_index(axis_name)).reshape(b, g, r, p, n)
+    y_in = jnp.einsum("blgn,bgrpn->blgrp", C, S_in).reshape(b, L, h, p)  # S_in C_t
+    return y + (jnp.exp(a_cum)[..., None] * y_in).astype(y.dtype)  # [b, L, h, p]
+
+
+def sequence_parallel_ssd(
+    x,
+    dt,
+    A,
+    B,
+    C,
+    *,
+    D=None,
+    mesh,
+    axis_name: str = "sequence",
+    chunk_size: int = 64,
+) -> jax.Array:
+    r"""Sequence-parallel Mamba-2 SSD: one all-gather of (final state, Σ Δ A) per shard.
+
+    .. math::
+
+        S^{(j)} = \text{SSD of shard } j \text{ from } 0, \quad
+        \sigma^{(j)} = \sum_{t \in j} \Delta_t A, \quad
+        S_{\mathrm{in}}^{(i)} = \bigcirc_{j<i} (\sigma^{(j)}, S^{(j)}), \quad
+        y_t = y^{\mathrm{local}}_t + e^{\sum_{s \le t, s \in i} \Delta_s A}\,
+              S_{\mathrm{in}}^{(i)} C_t
+
+    per head, with :math:`(\sigma_a, S_a) \circ (\sigma_b, S_b) = (\sigma_a + \sigma_b,
+    e^{\sigma_b} S_a + S_b)` (a shard's decay is the scalar :math:`e^{\sigma}` per head).
+    The local pass is :func:`~jaxdiv.models.ssm.ssd.ssd` (``"chunked"``, ``chunk_size``, with
+    the D skip); the entering state's term is one einsum against C, scaled by the exponential
+    of a within-shard cumulative log decay (≤ 0). Gathered: ``[W, b, h, p·n + 1]`` in the
+    compute dtype, independent of L; the inputs are never gathered.
+
+    Args:
+      x: input ``[b, L, h, p]``.
+      dt: Δ ``[b, L, h]``, positive.
+      A: ``[h]``, negative.
+      B: ``[b, L, g, n]``, g dividing h (head i uses group ``i // (h // g)``).
+      C: ``[b, L, g, n]``.
+      D: skip ``[h]`` or None.
+      mesh: a ``jax.sharding.Mesh`` with ``axis_name``. Heads go over ``"tensor"`` when present
+        (with B and C split by groups when g is a multiple of its size, replicated when g = 1;
+        otherwise heads are not split).
+      axis_name: the mesh axis the sequence is split over; L must be a multiple of its size.
+      chunk_size: the local ``ssd``'s chunk length.
+
+    Returns:
+      y ``[b, L, h, p]`` in ``x``'s dtype, equal to ``ssd(x, dt, A, B, C, D=D)`` on one device.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxdiv.models.ssm.ssd import ssd
+      >>> auto = (jax.sharding.AxisType.Auto,)
+      >>> mesh = jax.make_mesh((jax.device_count(),), ("sequence",), axis_types=auto)
+      >>> k = jax.random.split(jax.random.key(0), 3)
+      >>> x = jax.random.normal(k[0], (2, 16, 4, 3))
+      >>> dt = jax.nn.softplus(jax.random.normal(k[1], (2, 16, 4)))
+      >>> B, C = jax.random.normal(k[2], (2, 2, 16, 1, 5))
+      >>> A = -jnp.arange(1.0, 5.0)
+      >>> y = sequence_parallel_ssd(x, dt, A, B, C, mesh=mesh)
+      >>> bool(jnp.allclose(y, ssd(x, dt, A, B, C), atol=1e-5))
+      True
+
+    References:
+      Dao and Gu, "Transformers are SSMs", https://arxiv.org/abs/2405.21060, Section 6 (the
+      state passing between chunks, here between devices) and Section 8 (sequence parallelism
+      by passing the recurrent state); Sun et al., "LASP-2", https://arxiv.org/abs/2502.07563,
+      Section 3 (one all-gather of memory states).
+    """
+    x, dt, A, B, C, D, _, dtype = _check_ssd_inputs(x, dt, A, B, C, D, None, step=False)
+    T = checks.positive_int(chunk_size, "chunk_size")
+    b, L, h, p = x.shape
+    g = B.shape[2]
+    batch, tensor = shard_layout(mesh, axis_name, L, b, h)
+    groups = None
+    if tensor is not None and g > 1:
+        if g % mesh.shape[tensor]:
+            tensor = None  # heads of one device would straddle a group split: keep heads whole
+        else:
+            groups = tensor
+    args = [x.astype(dtype), dt.astype(dtype), A.astype(dtype), B.astype(dtype), C.astype(dtype)]
+    seq_h, bc = P_(batch, axis_name, tensor, None), P_(batch, axis_name, groups, None)
+    specs = [seq_h, P_(batch, axis_name, tensor), P_(tensor), bc, bc]
+    if D is not None:
+        args.append(D.astype(dtype))
+        specs.append(P_(tensor))
+
+    def body(x, dt, A, B, C, *rest):
+        D = rest[0] if rest else None
+        return _ssd_local(x, dt, A, B, C, D, axis_name=axis_name, chunk_size=T)
+
+    y = jax.shard_map(body, mesh=mesh, in_specs=tuple(specs), out_specs=seq_h)(*args)
+    return y.astype(x.dtype)  # [b, L, h, p]

@@ -19,6 +19,8 @@ per group, so head i reads group i // r.
 # b batch, L length, h heads, p head dim (headdim), g groups (B and C), r = h / g heads per group,
 # n state (d_state), c chunks, T chunk length, l and s positions inside a chunk (target, source)
 
+from typing import Literal, overload
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -143,6 +145,38 @@ def _chunked(x, dt, A, B, C, S0, T: int):
     y_off = y_off * jnp.moveaxis(jnp.exp(a_cum), -1, 2)[..., None]  # [b, c, T, g, r, p]
     y = (y_diag + y_off).reshape(b, c * T, g, r, p)[:, :L]
     return y, S_last
+
+
+@overload
+def ssd(
+    x: ArrayLike,
+    dt: ArrayLike,
+    A: ArrayLike,
+    B: ArrayLike,
+    C: ArrayLike,
+    *,
+    D: ArrayLike | None = None,
+    chunk_size: int = 64,
+    initial_state: ArrayLike | None = None,
+    return_final_state: Literal[False] = False,
+    method: str = "chunked",
+) -> jax.Array: ...
+
+
+@overload
+def ssd(
+    x: ArrayLike,
+    dt: ArrayLike,
+    A: ArrayLike,
+    B: ArrayLike,
+    C: ArrayLike,
+    *,
+    D: ArrayLike | None = None,
+    chunk_size: int = 64,
+    initial_state: ArrayLike | None = None,
+    return_final_state: Literal[True],
+    method: str = "chunked",
+) -> tuple[jax.Array, jax.Array]: ...
 
 
 def ssd(
