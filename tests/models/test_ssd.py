@@ -169,14 +169,13 @@ def test_check_grads(method):
 def test_bf16_inputs_use_float32_math():
     """bf16 in: y in bf16, S_L in float32, both equal to the float32 computation on the same
     (bf16-rounded) numbers, so no bf16 arithmetic happens inside."""
-    args = make_inputs(8, L=50, g=2, dtype=jnp.bfloat16)
+    args = make_inputs(8, g=2, dtype=jnp.bfloat16)  # the float32 shapes of chunked-16-g2
     x, dt, A, B, C, D, S0 = args
-    y, S = ssd_jit(x, dt, A, B, C, D=D, initial_state=S0, chunk_size=16, return_final_state=True)
+    kw = dict(chunk_size=16, method="chunked", return_final_state=True)
+    y, S = ssd_jit(x, dt, A, B, C, D=D, initial_state=S0, **kw)
     assert y.dtype == jnp.bfloat16 and S.dtype == jnp.float32
     f32 = [np.asarray(v).astype(np.float32) for v in args]  # the same numbers
-    y32, S32 = ssd_jit(
-        *f32[:5], D=f32[5], initial_state=f32[6], chunk_size=16, return_final_state=True
-    )
+    y32, S32 = ssd_jit(*f32[:5], D=f32[5], initial_state=f32[6], **kw)
     np.testing.assert_allclose(S, S32, atol=1e-6, rtol=1e-6)
     y, y32 = np.asarray(y).astype(np.float32), np.asarray(y32)
     np.testing.assert_array_equal(y, y32.astype(jnp.bfloat16).astype(np.float32))
