@@ -188,7 +188,10 @@ class Backbone(nnx.Module):
         )
         self.layers = nnx.List([Layer(config, m, rngs=rngs) for m in config.mixers])
         self.final_norm = RMSNorm(
-            config.d_model, eps=config.norm_eps, dtype=jnp.dtype(config.dtype)
+            config.d_model,
+            eps=config.norm_eps,
+            dtype=jnp.dtype(config.dtype),
+            param_dtype=jnp.dtype(config.param_dtype),
         )
 
     def embed(self, tokens):

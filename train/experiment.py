@@ -28,6 +28,7 @@ from jaxdiv.train.data import Task, get_task
 from jaxdiv.train.flops import flops_per_token
 from jaxdiv.train.objective import Objective, config_to_dict
 from jaxdiv.train.steps import make_eval_step, make_train_step
+from jaxdiv.train.teacher import Trained, init_from_teacher, is_hf_directory, load_hf_teacher
 
 # Keys that may change between a run and its resumption (they don't change the numbers).
 RESUMABLE_KEYS = (
@@ -48,34 +49,36 @@ def check_resume_compatible(saved: dict, current: dict) -> None:
 
     def flat(d, prefix=""):
         out = {}
-        for k, v in d.items():
-            if isinstance(v, dict):
-                out.update(flat(v, f"{prefix}{k}."))
+        for key, value in d.items():
+            if isinstance(value, dict):
+                out.update(flat(value, f"{prefix}{key}."))
             else:
-                out[f"{prefix}{k}"] = v
+                out[f"{prefix}{key}"] = value
         return out
 
     a, b = flat(saved), flat(current)
-    differ = sorted(
-        k for k in a.keys() | b.keys() if k not in RESUMABLE_KEYS and a.get(k) != b.get(k)
+    differing = sorted(
+        k for k in set(a) | set(b) if k not in RESUMABLE_KEYS and a.get(k) != b.get(k)
     )
-    if differ:
-        details = "; ".join(f"{k}: saved {a.get(k)!r}, now {b.get(k)!r}" for k in differ)
+    if differing:
+        details = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in differing)
         raise ValueError(
-            f"The workdir holds a run with a different config ({details}). Use a new "
-            f"--workdir, or rerun with the saved config."
+            f"The workdir holds a run with a different config ({details}); use a new --workdir "
+            f"or the same config (only {list(RESUMABLE_KEYS)} may change on resume)."
         )
 
 
 def model_config(config, vocab_size: int) -> LMConfig:
-    """The ``LMConfig`` of ``config.model`` with the task's vocabulary."""
+    """The ``LMConfig`` of ``config.model``; its vocabulary is the task's ``vocab_size``
+    unless ``config.model.vocab_size`` sets a larger one (e.g. a teacher's padded vocabulary:
+    the extra ids are never inputs nor targets)."""
     fields = config_to_dict(config.model)
-    if fields.get("vocab_size") not in (None, vocab_size):
+    if fields.get("vocab_size") is not None and fields["vocab_size"] < vocab_size:
         raise ValueError(
-            f"config.model.vocab_size={fields['vocab_size']} does not match the task's "
+            f"config.model.vocab_size={fields['vocab_size']} is smaller than the task's "
             f"vocabulary ({vocab_size})."
         )
-    fields["vocab_size"] = vocab_size
+    fields["vocab_size"] = fields.get("vocab_size") or vocab_size
     if isinstance(fields.get("mixer"), list):
         fields["mixer"] = tuple(fields["mixer"])
     unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(LMConfig)})
@@ -134,10 +137,20 @@ def validate(config, mesh) -> None:
 
 def task_of(config) -> Task:
     """The data task named by ``config.task``: its options are ``config.task.kwargs`` and any
-    other key of ``config.task`` (e.g. ``task.files`` of the ``text`` task)."""
+    other key of ``config.task`` (e.g. ``task.files`` of the ``text`` task). A tokenizer
+    ``"teacher"`` is the ``tokenizer.json`` of the Hugging Face teacher directory."""
     task = config_to_dict(config.task)
     options = {k: v for k, v in task.items() if k not in ("name", "kwargs")}
-    return get_task(task["name"], **config_to_dict(task.get("kwargs") or {}), **options)
+    options.update(config_to_dict(task.get("kwargs") or {}))
+    if options.get("tokenizer") == "teacher":
+        path = teacher_path(config)
+        if path is None or not is_hf_directory(path):
+            raise ValueError(
+                f"config.task.tokenizer='teacher' needs a Hugging Face directory as "
+                f"config.distill.teacher, got {path!r}."
+            )
+        options["tokenizer"] = str(path)
+    return get_task(task["name"], **options)
 
 
 def teacher_path(config) -> str | None:
@@ -223,15 +236,6 @@ def read_config(workdir) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
-class Trained(NamedTuple):
-    """A trained model of a workdir: graph, parameters, its run config and ``LMConfig``."""
-
-    graphdef: Any
-    params: Any
-    config: ml_collections.ConfigDict
-    lm_config: LMConfig
-
-
 def restore_trained(workdir, mesh=None) -> Trained:
     """The latest checkpointed model of the run in ``workdir``."""
     config = read_config(workdir)
@@ -246,6 +250,22 @@ def restore_trained(workdir, mesh=None) -> Trained:
         flat, _ = ckpt.restore(step, flatten_state(abstract))
     params = unflatten_state(flat, abstract)["params"]
     return Trained(spec.graphdef, params, config, model_config(config, task.vocab_size))
+
+
+def load_teacher(config, mesh) -> Trained:
+    """``config.distill.teacher``: a Hugging Face directory (in ``distill.teacher_dtype``,
+    bfloat16 by default) or a jaxdiv workdir."""
+    path = teacher_path(config)
+    if path is None:
+        raise ValueError("config.distill needs a teacher: set config.distill.teacher.")
+    if is_hf_directory(path):
+        return load_hf_teacher(path, mesh, dtype=config.distill.get("teacher_dtype", "bfloat16"))
+    if not Path(path).exists():
+        raise FileNotFoundError(
+            f"config.distill.teacher={path!r} does not exist (expected a jaxdiv workdir or a "
+            f"Hugging Face model directory)."
+        )
+    return restore_trained(path, mesh)
 
 
 # ----------------------------------------------------------------------------- experiment
@@ -290,8 +310,17 @@ class Experiment:
         }
 
     def init_state(self) -> dict:
-        """A fresh state, created already sharded."""
-        return jax.jit(self.spec.init, out_shardings=self.spec.shardings)()
+        """A fresh state, created already sharded (with ``distill.init_from_teacher``, the
+        student's parameters start from the teacher's where they match)."""
+        state = jax.jit(self.spec.init, out_shardings=self.spec.shardings)()
+        distill = self.config.get("distill")
+        if self.teacher is not None and distill is not None and distill.get("init_from_teacher"):
+            student = model_config(self.config, self.task.vocab_size)
+            state["params"], copied = init_from_teacher(state["params"], student, self.teacher)
+            if jax.process_index() == 0:
+                total = len(jax.tree.leaves(state["params"]))
+                print(f"[jaxdiv] initialised {len(copied)} of {total} parameters from the teacher")
+        return state
 
     def abstract_state(self):
         """The state's ShapeDtypeStructs with their shardings (the restore target)."""
@@ -348,21 +377,25 @@ def build(config, workdir=None, *, mesh=None, teacher: Trained | None = None) ->
     validate(config, mesh)
     task = task_of(config)
     objective = Objective.from_config(config, task.kind)
-    if workdir is not None:
-        _claim_workdir(config, Path(workdir))
-
     if teacher is None and objective.needs_teacher:
-        path = teacher_path(config)
-        if path is None:
-            raise ValueError("config.distill needs a teacher: set config.distill.teacher.")
-        teacher = restore_trained(path, mesh)
+        teacher = load_teacher(config, mesh)
     if teacher is not None:
-        if teacher.lm_config.vocab_size != task.vocab_size:
+        vocab = teacher.lm_config.vocab_size
+        if vocab < task.vocab_size:
             raise ValueError(
-                f"the teacher's vocabulary ({teacher.lm_config.vocab_size} tokens) differs from "
-                f"the task's ({task.vocab_size}); teacher and student must share a tokenizer."
+                f"the teacher's vocabulary ({vocab} tokens) is smaller than the task's "
+                f"({task.vocab_size}); teacher and student must share a tokenizer."
+            )
+        if config.model.get("vocab_size") is None:  # the student takes the teacher's size
+            config.model.vocab_size = vocab
+        if model_config(config, task.vocab_size).vocab_size != vocab:
+            raise ValueError(
+                f"config.model.vocab_size={config.model.vocab_size} differs from the teacher's "
+                f"vocabulary ({vocab}); teacher and student logits must align."
             )
         objective.check_features(model_config(config, task.vocab_size), teacher.lm_config)
+    if workdir is not None:
+        _claim_workdir(config, Path(workdir))
     teacher_tx = None
     if teacher is not None and objective.online:
         teacher_tx, _ = make_optimizer(config.optimizer, config.steps, teacher.params)

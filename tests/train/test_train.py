@@ -63,7 +63,9 @@ def test_every_preset_trains(preset, tmp_path):
 
 
 def test_presets_are_listed():
-    assert {"pretrain_lm", "distill_lm", "selective_copying", "digits"} <= set(preset_names())
+    assert {"pretrain_lm", "distill_lm", "distill_hf", "selective_copying", "digits"} <= set(
+        preset_names()
+    )
 
 
 def _log_softmax64(logits, temperature=1.0):
@@ -297,7 +299,7 @@ def test_sigterm_then_rerun_is_bitwise_equal_to_uninterrupted(data, tmp_path):
         (
             ["--config", "distil_lm"],
             "Unknown config 'distil_lm' (did you mean 'distill_lm'?): expected a .py file or "
-            "one of ['digits', 'distill_lm', 'pretrain_lm', 'selective_copying'].",
+            "one of ['digits', 'distill_hf', 'distill_lm', 'pretrain_lm', 'selective_copying'].",
         ),
     ],
 )

@@ -45,8 +45,10 @@ def base_config() -> ml_collections.ConfigDict:
 def distill_config(base: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Adds the distillation keys (API.md §4) to ``base``."""
     base.distill = {
-        "teacher": None,  # a jaxdiv workdir (a Hugging Face directory: see the README)
+        "teacher": None,  # a jaxdiv workdir or a Hugging Face model directory
         "teacher_workdir": "./runs/pretrain_lm",  # alias of `teacher`, used when it is None
+        "teacher_dtype": "bfloat16",  # a Hugging Face teacher's dtype (frozen)
+        "init_from_teacher": False,  # start the student from the teacher where shapes match
         "divergence": "forward_kl",  # a jaxdiv registry name
         "kwargs": {},  # its keyword arguments, e.g. {"beta": 0.5}
         "weight": 1.0,

@@ -53,10 +53,13 @@ _PARAGRAPH = re.compile(r"\n\s*\n")
 # ----------------------------------------------------------------------------- reading
 
 
-def _paths(files: str | Sequence[str]) -> list[Path]:
-    patterns = [files] if isinstance(files, str) else list(files)
-    if not patterns:
-        raise ValueError("`task.files` is empty; expected a path, a glob or a list of them.")
+def _paths(files: str | Sequence[str] | None) -> list[Path]:
+    patterns = [files] if isinstance(files, str) else list(files or ())
+    if not any(patterns):
+        raise ValueError(
+            "`task.files` is not set; expected a path, a glob or a list of them "
+            "(e.g. --config.task.files='texts/*.txt')."
+        )
     found = []
     for pattern in patterns:
         matches = sorted(glob.glob(str(pattern), recursive=True))
@@ -203,7 +206,7 @@ class TextFiles(IndexedTask):
 
     name: ClassVar[str] = "text"
     kind: ClassVar[str] = "lm"
-    files: str | tuple[str, ...] = ""
+    files: str | tuple[str, ...] | None = None
     format: str = "text"
     field: str = "text"
     tokenizer: str = "bytes"
