@@ -154,14 +154,16 @@ class Layer(nnx.Module):
         hidden = config.mlp_hidden
         if hidden is None:
             hidden = int(config.mlp_ratio * config.d_model)
+        self.takes_segments = spec.segments
         if spec.mlp and hidden > 0:
             self.mlp_norm = RMSNorm(config.d_model, eps=config.norm_eps, **kw)
             self.mlp = MLP(config.d_model, hidden, **kw, rngs=rngs)
         else:
             self.mlp_norm = self.mlp = None
 
-    def __call__(self, x, *, where=None):  # [B, L, D] -> [B, L, D]
-        x = x + self.mixer(self.norm(x), where=where)
+    def __call__(self, x, *, where=None, segment_ids=None):  # [B, L, D] -> [B, L, D]
+        segments = {"segment_ids": segment_ids} if self.takes_segments else {}
+        x = x + self.mixer(self.norm(x), where=where, **segments)
         if self.mlp is not None:
             x = x + self.mlp(self.mlp_norm(x))
         return x
@@ -200,17 +202,18 @@ class Backbone(nnx.Module):
             raise TypeError(f"`tokens` must have an integer dtype, got dtype {tokens.dtype}.")
         return jnp.take(self.embedding[...], tokens, axis=0).astype(jnp.dtype(self.config.dtype))
 
-    def __call__(self, tokens, *, where=None):
+    def __call__(self, tokens, *, where=None, segment_ids=None):
         if tokens.ndim != 2:
             raise ValueError(f"`tokens` must have shape [B, L], got {tokens.shape}.")
-        if where is not None and jnp.shape(where) != tokens.shape:
-            raise ValueError(
-                f"`where` must have shape {tokens.shape} (= tokens), got {jnp.shape(where)}."
-            )
+        for name, mask in (("where", where), ("segment_ids", segment_ids)):
+            if mask is not None and jnp.shape(mask) != tokens.shape:
+                raise ValueError(
+                    f"`{name}` must have shape {tokens.shape} (= tokens), got {jnp.shape(mask)}."
+                )
         x = self.embed(tokens)  # [B, L, D]
         intermediates = {"embedding": x}
         for i, layer in enumerate(self.layers):
-            x = layer(x, where=where)
+            x = layer(x, where=where, segment_ids=segment_ids)
             intermediates[f"layer_{i}"] = x
         x = self.final_norm(x)
         intermediates["final_norm"] = x
@@ -251,8 +254,13 @@ class LanguageModel(nnx.Module):
             return dense(hidden, w.T).astype(jnp.float32)
         return self.lm_head(hidden).astype(jnp.float32)
 
-    def __call__(self, tokens, *, where=None, return_intermediates=False):
-        hidden, intermediates = self.backbone(jnp.asarray(tokens), where=where)
+    def __call__(self, tokens, *, where=None, segment_ids=None, return_intermediates=False):
+        """Logits [B, L, V] of tokens [B, L]; ``where`` [B, L] marks real tokens (padding never
+        influences them); ``segment_ids`` [B, L] numbers the documents of packed rows: attention
+        layers never attend across them (recurrent mixers carry their state through)."""
+        hidden, intermediates = self.backbone(
+            jnp.asarray(tokens), where=where, segment_ids=segment_ids
+        )
         logits = self.logits(hidden)
         return (logits, intermediates) if return_intermediates else logits
 

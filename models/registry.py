@@ -36,6 +36,8 @@ class Mixer:
       cache: what the decoding cache holds (documentation; the block's ``init_cache`` makes it).
       sequence_parallel: the op the block runs when the mesh shards its sequence axis.
       mlp: whether the LM layer adds a gated MLP after this mixer (Mamba's block has none).
+      segments: whether the block takes ``segment_ids`` (packed documents kept apart); the
+        others see the packed row as one sequence (their state crosses document boundaries).
     """
 
     block: type[nnx.Module]
@@ -43,6 +45,7 @@ class Mixer:
     cache: str
     sequence_parallel: Callable
     mlp: bool = True
+    segments: bool = False
 
 
 _MIXERS: dict[str, Mixer] = {}
@@ -158,5 +161,6 @@ register_mixer(
         ),
         "keys and values [B, T, H, d] and the position index",
         lasp2h_attention,
+        segments=True,
     ),
 )

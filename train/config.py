@@ -41,8 +41,7 @@ def get_config(name: str) -> ml_collections.ConfigDict:
         close = difflib.get_close_matches(name, preset_names(), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(
-            f"Unknown config {name!r}{hint}: expected a .py file or one of "
-            f"{list(preset_names())}."
+            f"Unknown config {name!r}{hint}: expected a .py file or one of {list(preset_names())}."
         )
     return module.get_config()
 

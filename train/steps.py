@@ -18,12 +18,14 @@ import jaxdiv
 from jaxdiv.train.objective import Objective, task_loss
 
 
-def forward(graphdef, params, tokens, *, features: bool = False):
-    """``(logits, intermediates or None)`` of the model ``(graphdef, params)``."""
+def forward(graphdef, params, batch, *, features: bool = False):
+    """``(logits, intermediates or None)`` of the model ``(graphdef, params)`` on a batch
+    (its ``segment_ids``, when the task packs documents, keep attention within each one)."""
     model = nnx.merge(graphdef, params)
+    kwargs = {"segment_ids": batch["segment_ids"]} if "segment_ids" in batch else {}
     if features:
-        return model(tokens, return_intermediates=True)
-    return model(tokens), None
+        return model(batch["tokens"], return_intermediates=True, **kwargs)
+    return model(batch["tokens"], **kwargs), None
 
 
 def micro_batches(batch, accum: int):
@@ -57,7 +59,7 @@ def make_train_step(
     features = objective.needs_features
 
     def student_loss(params, teacher_out, batch, rng, step):
-        logits, hidden = forward(graphdef, params, batch["tokens"], features=features)
+        logits, hidden = forward(graphdef, params, batch, features=features)
         teacher_logits, teacher_hidden = teacher_out
         return objective.loss(
             logits,
@@ -70,7 +72,7 @@ def make_train_step(
         )
 
     def teacher_loss(teacher_params, student_logits, batch):
-        logits, _ = forward(teacher_graphdef, teacher_params, batch["tokens"])
+        logits, _ = forward(teacher_graphdef, teacher_params, batch)
         ce, _ = task_loss(logits, batch, objective.kind)
         reg = jaxdiv.masked_mean(jaxdiv.reverse_kl(logits, student_logits), batch["mask"])
         return ce + objective.teacher_weight * reg, {"teacher_ce": ce}
@@ -80,7 +82,7 @@ def make_train_step(
         if teacher_graphdef is not None:
             tp = state["teacher_params"] if objective.online else teacher_params
             teacher_out = jax.lax.stop_gradient(
-                forward(teacher_graphdef, tp, batch["tokens"], features=features)
+                forward(teacher_graphdef, tp, batch, features=features)
             )
         (loss, metrics), grads = jax.value_and_grad(student_loss, has_aux=True)(
             state["params"], teacher_out, batch, rng, state["step"]
@@ -89,7 +91,7 @@ def make_train_step(
         out = {"student": grads}
         if objective.online:
             student_logits = jax.lax.stop_gradient(
-                forward(graphdef, state["params"], batch["tokens"])[0]
+                forward(graphdef, state["params"], batch)[0]
             )
             (t_loss, t_metrics), t_grads = jax.value_and_grad(teacher_loss, has_aux=True)(
                 state["teacher_params"], student_logits, batch
@@ -141,14 +143,14 @@ def make_eval_step(graphdef, objective: Objective, *, teacher_graphdef=None) -> 
     """Returns ``eval_step(params, batch, teacher_params) -> metrics`` (batch means + weight)."""
 
     def eval_step(params, batch, teacher_params=None):
-        logits, _ = forward(graphdef, params, batch["tokens"])
+        logits, _ = forward(graphdef, params, batch)
         loss, metrics = task_loss(logits, batch, objective.kind)
         metrics["loss"] = loss
         # Weight of this batch in the held-out average (the last batch may be padded).
         rows = jnp.any(batch["mask"], axis=-1)
         metrics["weight"] = jnp.sum(rows if objective.kind == "classification" else batch["mask"])
         if teacher_graphdef is not None:
-            teacher_logits, _ = forward(teacher_graphdef, teacher_params, batch["tokens"])
+            teacher_logits, _ = forward(teacher_graphdef, teacher_params, batch)
             metrics["kl_to_teacher"] = jaxdiv.masked_mean(
                 jaxdiv.forward_kl(logits, teacher_logits), batch["mask"]
             )

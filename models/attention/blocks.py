@@ -282,23 +282,26 @@ class AttentionBlock(nnx.Module):
             k, v = jnp.repeat(k, groups, axis=-2), jnp.repeat(v, groups, axis=-2)  # [..., H, K]
         return q, k, v
 
-    def _mix(self, q, k, v, where) -> jax.Array:
+    def _mix(self, q, k, v, where, segment_ids) -> jax.Array:
         """The sequence op: softmax attention, or LASP-2H with the sequence sharded."""
         mesh = sequence_mesh(self.sequence_axis)
         if mesh is not None:
-            if where is not None:
+            if where is not None or segment_ids is not None:
                 raise ValueError(
-                    "Padding masks (`where`) are not supported with the sequence "
-                    "sharded; pass where=None (pack sequences instead)."
+                    "Padding masks (`where`) and `segment_ids` are not supported with the "
+                    "sequence sharded; pass None for both."
                 )
             return lasp2h_attention(q, k, v, mesh=mesh, axis_name=self.sequence_axis)
-        return softmax_attention(q, k, v, causal=True, where=where)  # [B, L, H, K]
+        return softmax_attention(
+            q, k, v, causal=True, where=where, segment_ids=segment_ids
+        )  # [B, L, H, K]
 
-    def __call__(self, x, *, where=None) -> jax.Array:
-        """Causal attention over x [B, L, D] (``where`` [B, L] bool marks real tokens)."""
+    def __call__(self, x, *, where=None, segment_ids=None) -> jax.Array:
+        """Causal attention over x [B, L, D] (``where`` [B, L] bool marks real tokens;
+        ``segment_ids`` [B, L] int, packed documents: no token attends to another document)."""
         x, where = _check_input(x, self.d_model, where)
         q, k, v = self._qkv(x, jnp.arange(x.shape[1]))
-        o = _merge_heads(self._mix(q, k, v, where))  # [B, L, F]
+        o = _merge_heads(self._mix(q, k, v, where, segment_ids))  # [B, L, F]
         return self.o_proj(o).astype(self.dtype or x.dtype)  # [B, L, D]
 
     def init_cache(self, batch_size: int, max_length: int, *, dtype=jnp.float32) -> dict:
@@ -514,8 +517,8 @@ class LightNetBlock(nnx.Module):
       head_dim: d (keys and values); default D // H.
       gate_rank: R, the rank of the output gate (fla: 128); default min(128, D).
       chunk_size: chunk length of the chunked op in :meth:`__call__` (default 16: its
-        per-key-channel decay costs a [C, C, dk] term per chunk; measured at L=4k, B=4, H=2,
-        d=64, forward+backward: 0.67 s at 16, 1.8 s at 32, 3.7 s at 64).
+        per-key-channel decay costs a [C, C, dk] term per chunk, so the work per token grows
+        with C; the benchmark suite's ``scaling`` section measures the block).
       dtype: compute dtype of the projections (output: ``dtype`` or the input's dtype); the
         recurrence runs in float32.
       param_dtype: storage dtype.

@@ -68,6 +68,7 @@ def softmax_attention(
     causal: bool = True,
     scale: float | jax.Array | None = None,
     where: ArrayLike | None = None,
+    segment_ids: ArrayLike | None = None,
 ) -> jax.Array:
     r"""Multi-head softmax attention with a float32 softmax, key padding and an offset causal mask.
 
@@ -86,6 +87,9 @@ def softmax_attention(
       causal: apply the (offset) causal mask.
       scale: s, default d^−½.
       where: key padding mask, bool [B, Lk] (True = real key).
+      segment_ids: int [B, Lk], the document of each key position (packed sequences): a query
+        attends only to keys of its own document (query l has the id of position
+        l + Lk − Lq).
 
     Returns:
       [B, Lq, H, dv] in v's dtype (math in float32 at least).
@@ -110,6 +114,11 @@ def softmax_attention(
         where = jnp.asarray(where)
         checks.exact_shape(where, (q.shape[0], Lk), "where", "[B, Lk]")
         mask = mask & where.astype(bool)[:, None, None, :]
+    if segment_ids is not None:
+        segment_ids = jnp.asarray(segment_ids)
+        checks.exact_shape(segment_ids, (q.shape[0], Lk), "segment_ids", "[B, Lk]")
+        query_ids = segment_ids[:, Lk - Lq :]  # [B, Lq]
+        mask = mask & (query_ids[:, None, :, None] == segment_ids[:, None, None, :])
     return _attend(q, k, v, mask, scale)
 
 

@@ -21,7 +21,8 @@ run reads exactly the batches it would have read):
    (the last partial row is dropped; a set shorter than one row is an error). A row gives
    ``tokens = row[:-1]``, ``targets = row[1:]``, ``segment_ids`` [L] (document index, from 0,
    within the row) and ``mask`` [L], True where the target continues the token's document:
-   **no loss is ever taken across a document boundary**.
+   **no loss is ever taken across a document boundary**, and the train step passes
+   ``segment_ids`` to the model, whose attention layers never attend across documents.
 5. **Shuffle**: the ``g``-th training row of a run (``g = step·B + row``) is row
    ``perm_e[g mod N]`` of epoch ``e = ⌊g / N⌋``, ``perm_e`` grain's index shuffle seeded by
    ``(seed, e)``; held-out rows are read in order. Multi-host: each process builds only its
