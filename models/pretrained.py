@@ -8,7 +8,8 @@ Each supported ``model_type`` is one :class:`Architecture` in :data:`ARCHITECTUR
 ``config.json`` becomes an :class:`~jaxdiv.models.LMConfig` and back, and a table of rules
 from our parameter paths (``backbone.layers.0.mixer.q_proj.kernel``) to the Hugging Face
 tensor names (``model.layers.0.self_attn.q_proj.weight``) with the layout change between them.
-A new architecture (e.g. ``mamba2``) is one :func:`register_architecture` call.
+Registered: ``llama``, ``qwen2``, ``mamba``, ``mamba2``; a new architecture is one
+:func:`register_architecture` call.
 
 Loading builds the model abstractly (``nnx.eval_shape``, no initialisation), checks every
 tensor name, shape and dtype from the safetensors headers before reading any data, then reads
@@ -346,6 +347,112 @@ register_architecture(
 
 
 # ---------------------------------------------------------------------------------------------
+# Mamba-2: pre-norm Mamba2 mixer layers (no MLP), norm_f, LM head (untied by default).
+
+
+def _float(value) -> float:
+    """A JSON number, ``Infinity`` included, or transformers 5's ``{"__float__": "Infinity"}``."""
+    if isinstance(value, Mapping) and "__float__" in value:
+        value = value["__float__"]
+    return float(value)
+
+
+def _mamba2_to_config(hf: Mapping[str, Any]) -> dict:
+    """``Mamba2Config`` fields -> LMConfig; absent fields take ``Mamba2Config``'s defaults.
+
+    Accepted and ignored: the init-only options (``time_step_min``/``max``/``floor``,
+    ``time_step_rank``, ``initializer_range``, ``rescale_prenorm_residual``) and
+    ``residual_in_fp32`` (exact in float32; in bfloat16 our residual stream is bfloat16).
+    """
+    t = "mamba2"
+    d_model = int(_get(hf, "hidden_size", t))
+    expand = int(hf.get("expand", 2))
+    headdim = int(hf.get("head_dim", 64))
+    inner = expand * d_model
+    _require(hf, "hidden_act", "silu", t)
+    _require(hf, "use_bias", False, t)
+    _require(hf, "use_conv_bias", True, t)
+    if inner % headdim:
+        raise ValueError(
+            f"{CONFIG_FILE}: {t!r} with head_dim={headdim} is not supported; expected a divisor "
+            f"of expand * hidden_size = {inner}."
+        )
+    _require(hf, "num_heads", inner // headdim, t)
+    limit = hf.get("time_step_limit")
+    if limit is not None and tuple(_float(v) for v in limit) != (0.0, math.inf):
+        raise ValueError(
+            f"{CONFIG_FILE}: {t!r} with time_step_limit={list(limit)!r} is not supported; "
+            "expected time_step_limit=[0.0, Infinity] (no clamp of the time step)."
+        )
+    auto = LMConfig(vocab_size=1, d_model=d_model, n_layers=1, expand=expand).mamba2_head_dim()
+    return dict(
+        vocab_size=int(_get(hf, "vocab_size", t)),
+        d_model=d_model,
+        n_layers=int(_get(hf, "num_hidden_layers", t)),
+        mixer="mamba2",
+        mamba2_state=int(hf.get("state_size", 128)),
+        mamba2_headdim=None if headdim == auto else headdim,
+        mamba2_ngroups=int(hf.get("n_groups", 8)),
+        d_conv=int(hf.get("conv_kernel", 4)),
+        expand=expand,
+        chunk_size=int(hf.get("chunk_size", 256)),
+        norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),  # every norm, the gated one too
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+    )
+
+
+def _mamba2_from_config(config: LMConfig) -> dict:
+    headdim = config.mamba2_head_dim()
+    return dict(  # time_step_limit left out: every transformers version defaults to (0, inf)
+        vocab_size=config.vocab_size,
+        hidden_size=config.d_model,
+        num_hidden_layers=config.n_layers,
+        state_size=config.mamba2_state,
+        conv_kernel=config.d_conv,
+        expand=config.expand,
+        head_dim=headdim,
+        num_heads=config.expand * config.d_model // headdim,
+        n_groups=config.mamba2_ngroups,
+        chunk_size=config.chunk_size,
+        layer_norm_epsilon=config.norm_eps,
+        hidden_act="silu",
+        use_bias=False,
+        use_conv_bias=True,
+        residual_in_fp32=True,
+        rescale_prenorm_residual=False,
+        tie_word_embeddings=config.tie_embeddings,
+    )
+
+
+register_architecture(
+    Architecture(
+        model_type="mamba2",
+        hf_class="Mamba2ForCausalLM",
+        mixer="mamba2",
+        to_config=_mamba2_to_config,
+        from_config=_mamba2_from_config,
+        rules=(
+            (r"backbone\.embedding", "backbone.embeddings.weight", SAME),
+            (r"backbone\.final_norm\.scale", "backbone.norm_f.weight", SAME),
+            (r"lm_head\.kernel", "lm_head.weight", LINEAR),
+            (_LAYER + r"norm\.scale", "backbone.layers.{0}.norm.weight", SAME),
+            (
+                _MIXER + r"(in_proj|out_proj)\.kernel",
+                "backbone.layers.{0}.mixer.{1}.weight",
+                LINEAR,
+            ),
+            (_MIXER + r"conv1d\.kernel", "backbone.layers.{0}.mixer.conv1d.weight", CONV),
+            (_MIXER + r"conv1d\.bias", "backbone.layers.{0}.mixer.conv1d.bias", SAME),
+            (_MIXER + r"norm\.scale", "backbone.layers.{0}.mixer.norm.weight", SAME),  # gated
+            (_MIXER + r"(dt_bias|A_log|D)", "backbone.layers.{0}.mixer.{1}", SAME),
+        ),
+        aliases={"backbone.embedding.weight": "backbone.embeddings.weight"},
+        optional=(r"lm_head\.weight",),
+    )
+)
+
+
+# ---------------------------------------------------------------------------------------------
 # Files.
 
 
@@ -480,7 +587,7 @@ def load_pretrained(
     """Loads a local Hugging Face causal-LM directory as a :class:`LanguageModel`.
 
     Supported ``model_type`` values are the keys of :data:`ARCHITECTURES` (``llama``,
-    ``qwen2``, ``mamba``). The model is created abstractly (``nnx.eval_shape``), every
+    ``qwen2``, ``mamba``, ``mamba2``). The model is created abstractly (``nnx.eval_shape``), every
     checkpoint tensor is checked against it from the safetensors headers, then the tensors are
     read one file and one tensor at a time, each converted to its parameter's dtype as it is
     read (SSM parameters stay float32) and placed on the devices.
@@ -658,7 +765,8 @@ def save_pretrained(
 
     Args:
       model: a :class:`LanguageModel` whose config has a Hugging Face equivalent: every
-        layer ``"attention"`` (``llama``; ``qwen2`` with ``attention_bias``) or ``"mamba"``.
+        layer ``"attention"`` (``llama``; ``qwen2`` with ``attention_bias``), ``"mamba"`` or
+        ``"mamba2"``.
       path: the output directory (created if needed).
       tokenizer: optional ``tokenizers.Tokenizer``, ``tokenizer.json`` file, or directory whose
         ``tokenizer.json`` (and ``tokenizer_config.json``, ``special_tokens_map.json``) to copy.

@@ -46,7 +46,7 @@ def random_model(config: LMConfig, seed=0) -> LanguageModel:
             value = np.log(np.arange(1, shape[-1] + 1)) + 0.1 * noise
         elif name == "D" or name == "scale":
             value = 1.0 + 0.2 * noise
-        elif path[-2:] == ("dt_proj", "bias"):  # softplus(-4 ± 0.5): Δ around 0.02
+        elif path[-2:] == ("dt_proj", "bias") or name == "dt_bias":  # Δ around 0.02
             value = -4.0 + 0.5 * noise
         else:
             value = 0.2 * noise
@@ -86,6 +86,14 @@ CONFIGS = {
         mixer="attention", num_heads=4, num_kv_heads=2, mlp_hidden=64, attention_bias=True
     ),
     "mamba": dict(mixer="mamba", d_state=8, norm_eps=1e-5),
+    "mamba2": dict(  # tied head, 2 groups; E = 64, H = 8 heads of 8
+        mixer="mamba2",
+        mamba2_state=16,
+        mamba2_headdim=8,
+        mamba2_ngroups=2,
+        chunk_size=8,
+        norm_eps=1e-5,
+    ),
 }
 
 
@@ -278,6 +286,41 @@ def test_unsupported_model_type_and_options(llama_dir):
         load_pretrained(llama_dir)
 
 
+def test_mamba2_config_fields_and_unsupported_options(saved, tmp_path):
+    from jaxdiv.models.pretrained import config_from_hf
+
+    hf = dict(model_type="mamba2", hidden_size=32, num_hidden_layers=2, vocab_size=V)
+    config = config_from_hf(  # absent fields take Mamba2Config's defaults
+        dict(hf, head_dim=16, layer_norm_epsilon=1e-3, rescale_prenorm_residual=True)
+    )
+    assert (config.mamba2_state, config.mamba2_ngroups, config.chunk_size) == (128, 8, 256)
+    assert (config.mamba2_headdim, config.d_conv, config.expand) == (16, 4, 2)
+    assert (config.norm_eps, config.tie_embeddings) == (1e-3, False)
+    assert config_from_hf(dict(hf, head_dim=64)).mamba2_headdim is None  # = the automatic P
+
+    path = save_pretrained(saved["mamba2"][1], tmp_path)
+    hf = json.loads((path / "config.json").read_text())
+    assert (hf["num_heads"], hf["head_dim"], hf["n_groups"], hf["state_size"]) == (8, 8, 2, 16)
+    for limit in ([0.0, {"__float__": "Infinity"}], [0.0, math.inf]):  # transformers 5 and 4
+        edit_config(path, time_step_limit=limit)
+        assert load_pretrained(path).config == saved["mamba2"][1].config
+    base = hf | dict(time_step_limit=[0.0, math.inf])
+    for change, match in (
+        (dict(time_step_limit=[0.0, 0.1]), r"time_step_limit=\[0\.0, 0\.1\] is not supported"),
+        (dict(use_bias=True), "use_bias=True is not supported"),
+        (dict(use_conv_bias=False), "use_conv_bias=False is not supported"),
+        (dict(hidden_act="gelu"), "hidden_act='gelu' is not supported"),
+        (dict(num_heads=4), r"num_heads=4 is not supported; expected num_heads=8"),
+        (dict(head_dim=48), r"head_dim=48 is not supported; expected a divisor"),
+    ):
+        edit_config(path, **base | change)  # each change alone
+        with pytest.raises(ValueError, match=match):
+            load_pretrained(path)
+    edit_config(path, **base | dict(n_groups=1))  # tensors of 2 groups, config of 1
+    with pytest.raises(ValueError, match=r"conv1d.bias' has shape \(128,\); expected \(96,\)"):
+        load_pretrained(path)
+
+
 def test_missing_and_unexpected_tensors(llama_dir):
     key = "model.layers.1.mlp.up_proj.weight"
     edit_weights(llama_dir, lambda t: t.pop(key))
@@ -334,7 +377,7 @@ def _randomize(module, seed):
     with torch.no_grad():
         for name, p in module.named_parameters():
             noise = torch.randn(p.shape, generator=gen)
-            if name.endswith(("A_log", ".D", "dt_proj.bias")):
+            if name.endswith(("A_log", ".D", "dt_proj.bias", "dt_bias")):
                 p.add_(0.1 * noise)
             elif "norm" in name:
                 p.copy_(1 + 0.2 * noise)
@@ -347,12 +390,18 @@ def _hf_models():
     pytest.importorskip("torch")
     small = dict(hidden_size=32, num_hidden_layers=2, vocab_size=V)
     attn = dict(small, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2)
+    mamba2 = dict(small, head_dim=8, num_heads=8, state_size=16, chunk_size=8)
     return {
         "llama": tf.LlamaForCausalLM(
             tf.LlamaConfig(**attn, tie_word_embeddings=False, rope_theta=5e5)
         ),
         "qwen2": tf.Qwen2ForCausalLM(tf.Qwen2Config(**attn, tie_word_embeddings=True)),
         "mamba": tf.MambaForCausalLM(tf.MambaConfig(**small, state_size=8)),
+        # Mamba-2: E = 64, H = 8 heads of 8; untied head with 1 group, tied with 2
+        "mamba2": tf.Mamba2ForCausalLM(tf.Mamba2Config(**mamba2, n_groups=1)),
+        "mamba2_g2": tf.Mamba2ForCausalLM(
+            tf.Mamba2Config(**mamba2, n_groups=2, tie_word_embeddings=True)
+        ),
     }
 
 
@@ -377,8 +426,10 @@ def hf_dirs(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2", "mamba"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "mamba", "mamba2", "mamba2_g2"])
 def test_logits_equal_transformers(hf_dirs, kind):
+    """Logits of the transformers forward; L = 11 is not a multiple of Mamba-2's chunk size 8
+    (transformers' torch path pads to whole chunks, ours handles a partial last chunk)."""
     single, sharded, torch_model = hf_dirs[kind]
     assert (sharded / "model.safetensors.index.json").exists()
     x = tokens(1)
@@ -389,7 +440,11 @@ def test_logits_equal_transformers(hf_dirs, kind):
         chex.assert_trees_all_close(forward(model, x), want, atol=1e-4, rtol=0)
     if kind == "llama":
         assert model.config.rope_theta == 5e5 and model.config.num_kv_heads == 2
-    if kind == "qwen2":  # decoding through the KV cache (GQA, biases) equals the forward
+    if kind.startswith("mamba2"):  # every norm's epsilon is layer_norm_epsilon
+        c = model.config
+        assert (c.mixer, c.norm_eps, c.mamba2_headdim, c.chunk_size) == ("mamba2", 1e-5, 8, 8)
+        assert (c.mamba2_ngroups, c.tie_embeddings) == ((2, True) if "g2" in kind else (1, False))
+    if kind in ("qwen2", "mamba2_g2"):  # decoding through the cache equals the forward
         step = nnx.jit(lambda model, x_t, cache: model.step(x_t, cache))
         cache, steps = model.init_cache(2, x.shape[1]), []
         for t in range(x.shape[1]):
@@ -414,7 +469,7 @@ def test_bfloat16_checkpoint_from_transformers(hf_dirs, tmp_path):
     )
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2", "mamba"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "mamba", "mamba2"])
 def test_save_pretrained_loads_in_transformers(saved, kind):
     tf = pytest.importorskip("transformers")
     path, model = saved[kind]
