@@ -9,6 +9,8 @@ shared by the single-step decoder ``selective_scan_step`` and every scan method:
 - ``"associative"``: ``lax.associative_scan`` over the materialised ``exp(Δ A)``, ``Δ B u``.
 - ``"chunked"``: ``lax.scan`` over chunks of ``chunk_size`` steps passing the state, with an
   associative scan inside each chunk (rematerialised in the backward pass).
+- ``"pallas"``: the Pallas kernels of ``jaxdiv.models.kernels.selective_scan`` (forward and
+  reverse-time adjoint, custom VJP); interpret mode on CPU.
 """
 
 # B batch, L length, D channels, N state, H heads
@@ -21,8 +23,9 @@ from jax import lax
 from jax.typing import ArrayLike
 
 from jaxdiv import checks
+from jaxdiv.models.kernels import selective_scan as _kernels
 
-METHODS = ("auto", "sequential", "associative", "chunked")
+METHODS = ("auto", "sequential", "associative", "chunked", "pallas")
 
 
 def _lead(v: jax.Array, ndim: int) -> jax.Array:
@@ -287,10 +290,16 @@ def selective_scan(
       associative scan inside each chunk (``[B, chunk_size, D, N]``), rematerialised in the
       backward pass. Lengths that are not a multiple of ``chunk_size`` are padded with Δ = 0
       (an exact identity step).
+    - ``"pallas"``: Pallas kernels (``jaxdiv.models.kernels.selective_scan``): grid over
+      (batch, channel blocks), the state ``[N, block_d]`` carried on chip through a time loop
+      inside the kernel; backward kernel running the adjoint recurrence in reverse time from
+      states checkpointed every 8 steps (``chunk_size`` is not used). On CPU it runs in Pallas
+      interpret mode (slow: for checking); on TPU/GPU it has not been compiled or measured yet.
     - ``"auto"``: ``"sequential"`` on CPU (the fastest there in the benchmark suite's
       ``kernels`` section, ``python -m benchmarks --only kernels``) and ``"chunked"`` on
       GPU/TPU (``lax.scan`` pays a launch per step on those, and ``"associative"`` needs
-      ``[B, L, D, N]`` memory).
+      ``[B, L, D, N]`` memory). ``"pallas"`` is opt-in until it has been measured on a
+      device: ``"auto"`` never picks it.
 
     Cost: every method evaluates B·L·D·N exps forward; ``"sequential"`` recomputes them once
     more in its backward pass instead of storing ``[B, L, D, N]``. Choices behind it (their
@@ -310,7 +319,7 @@ def selective_scan(
       z: gate ``[B, L, D]`` or None.
       delta_bias: added to ``delta`` ``[D]`` or None.
       delta_softplus: apply softplus to ``delta`` (+ bias).
-      method: ``"auto"``, ``"sequential"``, ``"associative"`` or ``"chunked"``.
+      method: ``"auto"``, ``"sequential"``, ``"associative"``, ``"chunked"`` or ``"pallas"``.
       chunk_size: chunk length of ``"chunked"`` and the checkpoint interval of
         ``"sequential"``'s backward pass.
       initial_state: h_0 ``[B, D, N]`` or None (zeros), e.g. for decoding after a prompt or
@@ -354,6 +363,8 @@ def selective_scan(
         y, hL = _run_sequential(h0, delta, A_T, u, B, C, chunk_size)
     elif method == "chunked":
         y, hL = _run_chunked(h0, delta, A_T, u, B, C, chunk_size)
+    elif method == "pallas":
+        y, hL = _kernels.scan_state_major(h0, delta, A_T, u, B, C)
     else:
         y, hL = _associative(h0, delta, A_T, u, B, C)
     y = _finish(y, u, D, z).astype(out_dtype)

@@ -1,0 +1,16 @@
+"""Pallas kernels, each behind the ``method="pallas"`` of its op (API.md §5).
+
+- ``selective_scan``: Mamba's S6 recurrence (``jaxdiv.models.ssm.selective_scan``);
+- ``linear_attention``: chunked linear attention with no, per-head or per-key-channel decay
+  (``jaxdiv.models.attention.linear``);
+- ``ssd``: Mamba-2 state-space duality (``jaxdiv.models.ssm.ssd``), the per-head-decay case of
+  the linear-attention kernels with grouped B and C.
+
+Every kernel has a hand-written backward kernel wired with ``jax.custom_vjp``. On CPU they run
+in Pallas interpret mode (``interpret=None`` resolves to ``jax.default_backend() == "cpu"``)
+and equal the reference methods in value and gradient (``tests/models/test_kernels.py``).
+The modules are not re-exported here (each module's public function has its op's name). The
+block shapes follow the TPU (8, 128) tiling and the compiler parameters are chosen per backend
+(``_common.compiler_params``), but no TPU or GPU run has been made: on accelerators the
+kernels are opt-in and untested until measured there.
+"""

@@ -1,0 +1,145 @@
+"""Pallas kernels (``method="pallas"``, interpret mode on CPU) vs the reference methods.
+
+Every case compares values AND gradients (w.r.t. every differentiable input) of one jitted
+``value_and_grad`` of a scalar loss that mixes all outputs non-linearly. Shapes are tiny:
+the Pallas interpreter is slow.
+"""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdiv.models.kernels import selective_scan as ss_kernels
+from jaxdiv.models.ssm.selective_scan import selective_scan
+
+TOL = dict(rtol=1e-4, atol=1e-4)
+
+
+def _normal(r, shape, dtype=jnp.float32):
+    return jnp.asarray(r.normal(size=shape), dtype)
+
+
+def _loss(fn):
+    """A scalar of every output of ``fn`` (sin of the first, x·cos x of the others)."""
+
+    def loss(*args):
+        out = fn(*args)
+        out = out if isinstance(out, tuple) else (out,)
+        total = jnp.sum(jnp.sin(out[0].astype(jnp.float32)))
+        for o in out[1:]:
+            total = total + jnp.sum(o * jnp.cos(o))
+        return total, out
+
+    return loss
+
+
+def _value_and_grads(fn, args):
+    argnums = tuple(range(len(args)))
+    return jax.jit(jax.value_and_grad(_loss(fn), argnums, has_aux=True))(*args)
+
+
+def assert_same_values_and_grads(fn, ref, args, zero_grads=(), **tol):
+    """``fn`` and ``ref`` agree in outputs, loss and gradients w.r.t. every argument.
+
+    Each gradient must be non-zero somewhere, except those at the indices ``zero_grads``
+    (exactly zero there, e.g. ∂A of one step from h_0 = 0).
+    """
+    (loss, out), grads = _value_and_grads(fn, args)
+    (loss_ref, out_ref), grads_ref = _value_and_grads(ref, args)
+    chex.assert_trees_all_equal_shapes_and_dtypes(out, out_ref)
+    chex.assert_trees_all_equal_shapes_and_dtypes(grads, grads_ref)
+    chex.assert_tree_all_finite((out, grads))
+    to32 = functools.partial(jax.tree.map, lambda x: x.astype(jnp.float32))
+    chex.assert_trees_all_close(to32((loss, out)), to32((loss_ref, out_ref)), **(tol or TOL))
+    chex.assert_trees_all_close(to32(grads), to32(grads_ref), **(tol or TOL))
+    for i, g in enumerate(grads):  # not vacuous
+        assert (float(jnp.max(jnp.abs(g.astype(jnp.float32)))) > 0) != (i in zero_grads), i
+
+
+# --- selective_scan ----------------------------------------------------------------------------
+
+
+def _scan_inputs(seed, batch, length, channels, state, dtype=jnp.float32):
+    r = np.random.default_rng(seed)
+    return dict(
+        u=_normal(r, (batch, length, channels), dtype),
+        delta=_normal(r, (batch, length, channels), dtype) - 1.0,
+        A=jnp.asarray(-np.exp(r.normal(size=(channels, state))), dtype),
+        B=_normal(r, (batch, length, state), dtype),
+        C=_normal(r, (batch, length, state), dtype),
+        D=_normal(r, (channels,), dtype),
+        z=_normal(r, (batch, length, channels), dtype),
+        delta_bias=_normal(r, (channels,), dtype) * 0.5,
+        initial_state=_normal(r, (batch, channels, state), dtype),
+    )
+
+
+SCAN_CASES = {
+    # L = 13 is not a multiple of the kernel's 8-step chunk; every optional input
+    "all_options": (dict(batch=2, length=13, channels=3, state=4), True, ()),
+    # a single step, no optional input, B = 1 (∂A = 0: the only step starts from h_0 = 0)
+    "bare_L1": (dict(batch=1, length=1, channels=5, state=2), False, (2,)),
+}
+
+
+@pytest.mark.parametrize("case", SCAN_CASES)
+def test_selective_scan_op_pallas_matches_sequential(case):
+    shape, full, zero_grads = SCAN_CASES[case]
+    x = _scan_inputs(0, **shape)
+    names = list(x) if full else ["u", "delta", "A", "B", "C"]
+
+    def run(method):
+        def fn(*args):
+            return selective_scan(
+                **dict(zip(names, args, strict=True)),
+                delta_softplus=full,
+                method=method,
+                return_last_state=True,
+            )
+
+        return fn
+
+    args = [x[k] for k in names]
+    assert_same_values_and_grads(run("pallas"), run("sequential"), args, zero_grads)
+
+
+def test_selective_scan_kernel_channel_blocks():
+    """D = 12 in blocks of 8 (two grid steps, D padded), 4-step chunks, L = 10, h_0 given."""
+    x = _scan_inputs(1, batch=2, length=10, channels=12, state=3)
+    names = ["u", "delta", "A", "B", "C", "initial_state"]
+    args = [x[k] for k in names]
+    args[1] = jax.nn.softplus(args[1])
+
+    def kernel(u, delta, A, B, C, h0):
+        return ss_kernels.selective_scan(u, delta, A, B, C, initial_state=h0, block_d=8, block_t=4)
+
+    def ref(u, delta, A, B, C, h0):
+        return selective_scan(
+            u, delta, A, B, C, initial_state=h0, method="sequential", return_last_state=True
+        )
+
+    assert_same_values_and_grads(kernel, ref, args)
+
+
+def test_selective_scan_pallas_bfloat16():
+    """bf16 inputs: y in bf16 (rounded from the same float32 math), h_L and grads float32-exact."""
+    x = _scan_inputs(2, batch=2, length=9, channels=4, state=3, dtype=jnp.bfloat16)
+
+    def run(method):
+        def fn(u, delta, A, B, C, D, z):
+            return selective_scan(
+                u, delta, A, B, C, D, z, delta_softplus=True, method=method,
+                return_last_state=True,
+            )  # fmt: skip
+
+        return fn
+
+    args = [x[k] for k in ("u", "delta", "A", "B", "C", "D", "z")]
+    y, h = jax.eval_shape(run("pallas"), *args)
+    assert y.dtype == jnp.bfloat16 and h.dtype == jnp.float32
+    # one bf16 ulp (2⁻⁸ relative) where the float32 results round differently
+    assert_same_values_and_grads(run("pallas"), run("sequential"), args, rtol=1e-2, atol=1e-2)
