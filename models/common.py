@@ -44,13 +44,24 @@ def _lead(v: jax.Array, ndim: int) -> jax.Array:
     return v.reshape((1,) * (ndim - 1) + v.shape)
 
 
-def dense(x: jax.Array, w: jax.Array) -> jax.Array:
-    """``x [..., in] @ w [in, out]`` as one 2-D matmul over the rows flattened to ``[-1, in]``.
+def _model_parallel_mesh() -> bool:
+    """Whether the mesh in context shards the sequence or the tensor axis."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return not mesh.empty and any(mesh.shape.get(a, 1) > 1 for a in ("sequence", "tensor"))
 
-    XLA:CPU compiles the backward of a rank-3 ``dot`` with an extra transpose; the flattened form
-    avoids it (faster forward+backward: the benchmark suite's ``kernels`` section) and gives
-    the same numbers.
+
+def dense(x: jax.Array, w: jax.Array) -> jax.Array:
+    """``x [..., in] @ w [in, out]``.
+
+    Without sequence or tensor sharding it is one 2-D matmul over the rows flattened to
+    ``[-1, in]``: XLA:CPU compiles the backward of a rank-3 ``dot`` with an extra transpose,
+    which the flattened form avoids (the benchmark suite's ``kernels`` section) with the same
+    numbers. When the mesh in context shards the sequence or the tensor axis, flattening
+    [B, L] would merge a sharded dim into one XLA cannot split, and it would all-gather the
+    sequence: then it is an N-D contraction that keeps every dim's sharding.
     """
+    if x.ndim > 2 and _model_parallel_mesh():
+        return jnp.einsum("...i,io->...o", x, w)  # [..., out]
     y = jnp.dot(x.reshape(-1, x.shape[-1]), w)  # [rows, out]
     return y.reshape(*x.shape[:-1], w.shape[-1])  # [..., out]
 

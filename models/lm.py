@@ -16,6 +16,9 @@ from flax import nnx
 
 from jaxdiv.models.common import MLP, Linear, RMSNorm, dense, logical_param
 from jaxdiv.models.registry import get_mixer, mixer_names
+from jaxdiv.models.sharding import constrain
+
+_ACTIVATION = ("batch", "length", "embed")  # the residual stream's logical axes
 
 MIXERS = mixer_names()
 """The mixer names registered when the package is imported (``registry.mixer_names()``)."""
@@ -210,10 +213,10 @@ class Backbone(nnx.Module):
                 raise ValueError(
                     f"`{name}` must have shape {tokens.shape} (= tokens), got {jnp.shape(mask)}."
                 )
-        x = self.embed(tokens)  # [B, L, D]
+        x = constrain(self.embed(tokens), _ACTIVATION)  # [B, L, D]
         intermediates = {"embedding": x}
         for i, layer in enumerate(self.layers):
-            x = layer(x, where=where, segment_ids=segment_ids)
+            x = constrain(layer(x, where=where, segment_ids=segment_ids), _ACTIVATION)
             intermediates[f"layer_{i}"] = x
         x = self.final_norm(x)
         intermediates["final_norm"] = x
@@ -261,7 +264,7 @@ class LanguageModel(nnx.Module):
         hidden, intermediates = self.backbone(
             jnp.asarray(tokens), where=where, segment_ids=segment_ids
         )
-        logits = self.logits(hidden)
+        logits = constrain(self.logits(hidden), ("batch", "length", "vocab"))
         return (logits, intermediates) if return_intermediates else logits
 
     def init_cache(self, batch_size: int, max_length: int):

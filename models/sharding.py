@@ -1,21 +1,79 @@
-"""Mesh axis names and the helpers every sequence-parallel form shares.
+"""Mesh axis names, logical-axis rules, activation constraints, sequence-sharding helpers.
 
-The one home of the mesh axis names: ``jaxdiv.train`` builds its meshes with
-:data:`MESH_AXES`, and the sequence-parallel forms (``attention/parallel.py``,
-``ssm/parallel.py``) place the batch over :data:`BATCH_AXES`.
+The one home of the mesh axis names (``jaxdiv.train`` builds its meshes with
+:data:`MESH_AXES`) and of the logical-axis rules: parameters carry logical axis names
+(``common.logical_param``) that :data:`DEFAULT_RULES` maps to mesh axes (used by the trainer's
+state shardings and by ``load_pretrained``); activations are pinned at block boundaries by
+:func:`constrain` with :data:`ACTIVATION_RULES`, so XLA never guesses a layout that moves
+whole activations between devices. A logical dim whose size the mesh axes do not divide is
+replicated instead (small models on big meshes stay valid): the rules are a preference, never
+an error. The sequence-parallel forms (``attention/parallel.py``, ``ssm/parallel.py``) place
+the batch over :data:`BATCH_AXES`.
 """
 
 import math
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "sequence", "tensor")
 """Every mesh axis, outermost first: data parallel, FSDP, sequence parallel, tensor parallel."""
 
 BATCH_AXES = ("data", "fsdp")
 """The mesh axes the batch is split over."""
+
+Rules = Mapping[str, str | tuple[str, ...] | None]
+
+DEFAULT_RULES: Rules = {
+    "embed": "fsdp",
+    "mlp": "tensor",
+    "heads": "tensor",
+    "vocab": "tensor",
+    "kv": None,
+    "state": None,
+}
+"""Parameter logical axis -> mesh axis (or axes; None: replicated)."""
+
+ACTIVATION_RULES: Rules = {
+    "batch": BATCH_AXES,
+    "length": "sequence",
+    "embed": None,  # the residual stream is whole on every device of a batch shard
+    "vocab": "tensor",
+}
+"""Activation logical axis -> mesh axis (or axes; None: replicated)."""
+
+
+def logical_to_spec(
+    logical_axes: Sequence[str | None], shape: Sequence[int], mesh, rules: Rules | None = None
+) -> PartitionSpec:
+    """The PartitionSpec of a value of ``shape`` annotated with ``logical_axes`` on ``mesh``
+    (``rules`` default :data:`DEFAULT_RULES`): each dim takes its rule's mesh axes that have
+    size > 1, are not used by an earlier dim and divide it; otherwise it is replicated."""
+    rules = DEFAULT_RULES if rules is None else rules
+    spec, used = [], set()
+    for name, size in zip(logical_axes, shape, strict=True):
+        target = rules.get(name) if name is not None else None
+        axes = (target,) if isinstance(target, str) else tuple(target or ())
+        axes = tuple(a for a in axes if mesh.shape.get(a, 1) > 1 and a not in used)
+        if axes and size % math.prod(mesh.shape[a] for a in axes) == 0:
+            spec.append(axes[0] if len(axes) == 1 else axes)
+            used.update(axes)
+        else:
+            spec.append(None)
+    return PartitionSpec(*spec)
+
+
+def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
+    """``x`` pinned to the layout of its activation ``logical_axes`` (:data:`ACTIVATION_RULES`)
+    on the mesh in context (``jax.set_mesh``); unchanged without a mesh."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    spec = logical_to_spec(logical_axes, x.shape, mesh, ACTIVATION_RULES)
+    return jax.lax.with_sharding_constraint(x, spec)
 
 
 def sequence_mesh(axis_name: str | None):

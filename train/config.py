@@ -98,7 +98,7 @@ def smoke_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     config.steps, config.log_every, config.eval_every = 4, 2, 2
     config.checkpoint_every, config.eval_batches, config.batch_size = 2, 1, 8
     if config.task.name != "digits":  # digits images have a fixed length
-        config.task.kwargs = dict(config.task.kwargs, seq_len=32)
+        config.task.kwargs = dict(config.task.get("kwargs") or {}, seq_len=32)
     config.optimizer.warmup_steps = 1
     config.progress = False
     return config

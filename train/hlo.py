@@ -12,8 +12,10 @@ from typing import NamedTuple
 import jax
 
 _KINDS = "all-gather|all-reduce|reduce-scatter|collective-permute|all-to-all"
-# `%name = f32[8,1,2,64]{...} all-gather(...)`, also the async `-start` forms.
-_COLLECTIVE = re.compile(r"= (\w+)\[([\d,]*)\][^ ]* (" + _KINDS + r")(?:-start)?\(")
+# `%name = f32[8,1,2,64]{...} all-gather(...)` or, for combined collectives, a tuple result
+# `%name = (f32[256,128]{1,0}, f32[128]{0}) all-reduce(...)`; also the async `-start` forms.
+_INSTRUCTION = re.compile(r"= (\(.*?\)|\S+) (" + _KINDS + r")(-start)?\(")
+_ARRAY = re.compile(r"(\w+)\[([\d,]*)\]")
 _BYTES = {"f64": 8, "f32": 4, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "s8": 1, "u8": 1, "pred": 1}
 
 
@@ -31,11 +33,18 @@ class Collective(NamedTuple):
 
 
 def collectives(hlo_text: str) -> list[Collective]:
-    """Every collective in ``hlo_text`` (``compiled.as_text()``), in program order."""
-    return [
-        Collective(kind, dtype, tuple(int(d) for d in dims.split(",") if d))
-        for dtype, dims, kind in _COLLECTIVE.findall(hlo_text)
-    ]
+    """Every collective result in ``hlo_text`` (``compiled.as_text()``), in program order: one
+    entry per array of a combined (tuple-shaped) collective. An async ``-start`` of an
+    all-gather or collective-permute returns (operands, results): only the results count."""
+    found = []
+    for shape, kind, start in _INSTRUCTION.findall(hlo_text):
+        arrays = _ARRAY.findall(shape)
+        if start and kind in ("all-gather", "collective-permute") and len(arrays) % 2 == 0:
+            arrays = arrays[len(arrays) // 2 :]
+        found += [
+            Collective(kind, t, tuple(int(d) for d in dims.split(",") if d)) for t, dims in arrays
+        ]
+    return found
 
 
 def compiled_collectives(fn, *args) -> list[Collective]:

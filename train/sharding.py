@@ -1,7 +1,8 @@
 """Device mesh (data, fsdp, sequence, tensor) and logical-axis → mesh-axis shardings.
 
-Parameters carry logical axis names (``models/common.py``); :data:`DEFAULT_RULES` maps them to
-mesh axes. A logical dim whose size the mesh axes do not divide is replicated instead (small
+Parameters carry logical axis names (``models/common.py``); ``DEFAULT_RULES`` and
+``logical_to_spec`` (from :mod:`jaxdiv.models.sharding`, their one home) map them to mesh
+axes. A logical dim whose size the mesh axes do not divide is replicated instead (small
 models on big meshes stay valid), so the rules are a preference, never an error.
 """
 
@@ -11,19 +12,11 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from jaxdiv.models.sharding import BATCH_AXES, MESH_AXES
+from jaxdiv.models.sharding import BATCH_AXES, MESH_AXES, logical_to_spec
+from jaxdiv.models.sharding import DEFAULT_RULES as DEFAULT_RULES
+
 
 # Logical axis -> mesh axis (or tuple of mesh axes, or None = replicated).
-DEFAULT_RULES: dict[str, str | tuple[str, ...] | None] = {
-    "embed": "fsdp",
-    "mlp": "tensor",
-    "heads": "tensor",
-    "vocab": "tensor",
-    "kv": None,
-    "state": None,
-}
-
-
 def mesh_shape(mesh_config: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
     """Resolves the sizes of (data, fsdp, sequence, tensor), one of which may be -1."""
     unknown = sorted(set(mesh_config) - set(MESH_AXES))
@@ -64,27 +57,6 @@ def make_mesh(mesh_config: Mapping[str, int], devices=None) -> Mesh:
     return jax.make_mesh(
         shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices
     )
-
-
-def _mesh_size(mesh: Mesh, axes) -> int:
-    axes = (axes,) if isinstance(axes, str) else axes
-    return int(np.prod([mesh.shape[a] for a in axes]))
-
-
-def logical_to_spec(logical_axes, shape, mesh: Mesh, rules=None) -> PartitionSpec:
-    """PartitionSpec for a value of ``shape`` annotated with ``logical_axes``."""
-    rules = DEFAULT_RULES if rules is None else rules
-    spec, used = [], set()
-    for name, size in zip(logical_axes, shape, strict=True):
-        target = rules.get(name) if name is not None else None
-        axes = (target,) if isinstance(target, str) else tuple(target or ())
-        axes = tuple(a for a in axes if mesh.shape[a] > 1 and a not in used)
-        if axes and size % _mesh_size(mesh, axes) == 0:
-            spec.append(axes[0] if len(axes) == 1 else axes)
-            used.update(axes)
-        else:
-            spec.append(None)
-    return PartitionSpec(*spec)
 
 
 def state_shardings(state, mesh: Mesh, rules=None):
