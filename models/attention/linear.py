@@ -5,7 +5,9 @@ One recurrence, three ways to compute it (they agree to float32 round-off):
 - ``"recurrent"``: a ``lax.scan`` over tokens, the reference;
 - ``"chunked"``: masked matmuls inside chunks of ``chunk_size`` tokens plus a state recurrence
   across chunks (Yang et al. GLA / Mamba-2 SSD chunking), linear in L;
-- ``"parallel"``: the quadratic masked form, for checking short sequences.
+- ``"parallel"``: the quadratic masked form, for checking short sequences;
+- ``"pallas"``: the chunked form as Pallas kernels (``jaxdiv.models.kernels.linear_attention``,
+  hand-written backward kernel, custom VJP); interpret mode on CPU.
 
 The chunk-level pieces are public so that sequence-parallel schemes (LASP-2) can reuse them:
 :func:`linear_attention_chunk_state` (a block's zero-initial final state and its total log
@@ -28,8 +30,9 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxdiv import checks
+from jaxdiv.models.kernels import linear_attention as _kernels
 
-METHODS = ("recurrent", "chunked", "parallel")
+METHODS = ("recurrent", "chunked", "parallel", "pallas")
 
 
 def _check_qkv(q, k, v) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -310,7 +313,13 @@ def linear_attention(
     memory for per-channel decay (pairwise ``exp(G_l − G_s)`` inside each chunk), so use a
     smaller ``chunk_size`` (16–32) with per-channel decay. ``"parallel"`` materialises [L, L]
     (times d_k with per-channel decay); ``"recurrent"`` stores one state per token for the
-    backward pass. All three agree.
+    backward pass. ``"pallas"`` is the chunked form as Pallas kernels
+    (``jaxdiv.models.kernels.linear_attention``): grid over (batch, heads), the [d_k, d_v]
+    state carried across chunks inside the kernel, a backward kernel running over the chunks in
+    reverse from checkpointed chunk states (custom VJP, reverse mode only); interpret mode on
+    CPU (slow: for checking), not yet compiled or measured on TPU/GPU, so it is opt-in; with
+    ``causal=False`` it computes the same two matmuls as ``"chunked"`` (no kernel needed).
+    All four agree. The default stays ``"chunked"`` on every backend.
 
     Args:
       q: queries, [B, L, H, dk].
@@ -320,8 +329,9 @@ def linear_attention(
         values make the recurrence grow and the chunked form overflow).
       scale: s, default dk^−½ (a Python number or JAX scalar).
       causal: False for the bidirectional form (requires ``log_decay=None``).
-      method: ``"chunked"``, ``"recurrent"`` or ``"parallel"``.
-      chunk_size: C for ``"chunked"``; L need not be a multiple (padded internally).
+      method: ``"chunked"``, ``"recurrent"``, ``"parallel"`` or ``"pallas"``.
+      chunk_size: C for ``"chunked"`` and ``"pallas"``; L need not be a multiple (padded
+        internally).
       initial_state: S_0, [B, H, dk, dv] (default zeros).
       return_final_state: also return S_L.
 
@@ -382,6 +392,12 @@ def linear_attention(
         o, state = _recurrent(q, k, v, g, state)
     elif method == "parallel":
         o, state = _parallel(q, k, v, g, state)
+    elif method == "pallas":
+        heads = lambda x: None if x is None else jnp.moveaxis(x, 2, 1)  # [B, H, L, ·]
+        o, state = _kernels.chunked_heads_major(
+            heads(q), heads(k), heads(v), heads(g), state, chunk_size=chunk_size
+        )
+        o = jnp.moveaxis(o, 1, 2)
     else:
         o, state = _chunked(q, k, v, g, state, chunk_size)
     o = o.astype(out_dtype)  # [B, L, H, V]

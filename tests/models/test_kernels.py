@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxdiv.models.attention.linear import linear_attention
 from jaxdiv.models.kernels import selective_scan as ss_kernels
 from jaxdiv.models.ssm.selective_scan import selective_scan
 
@@ -143,3 +144,73 @@ def test_selective_scan_pallas_bfloat16():
     assert y.dtype == jnp.bfloat16 and h.dtype == jnp.float32
     # one bf16 ulp (2⁻⁸ relative) where the float32 results round differently
     assert_same_values_and_grads(run("pallas"), run("sequential"), args, rtol=1e-2, atol=1e-2)
+
+
+# --- linear_attention --------------------------------------------------------------------------
+
+LA_CASES = {
+    # decay kind, (B, L, H, dk, dv), chunk_size, initial state
+    "none_L13_chunk4_S0": (None, (2, 13, 2, 4, 3), 4, True),
+    "none_L5_one_short_chunk": (None, (1, 5, 1, 3, 2), 64, False),
+    "head_L13_chunk8": ("head", (2, 13, 2, 4, 3), 8, False),
+    "head_L12_chunk4_S0": ("head", (1, 12, 3, 2, 4), 4, True),
+    "channel_L10_chunk4_S0": ("channel", (2, 10, 2, 4, 3), 4, True),
+}
+
+
+def _la_inputs(seed, decay, shape, dtype=jnp.float32):
+    B, L, H, dk, dv = shape
+    r = np.random.default_rng(seed)
+    x = dict(
+        q=_normal(r, (B, L, H, dk), dtype),
+        k=_normal(r, (B, L, H, dk), dtype),
+        v=_normal(r, (B, L, H, dv), dtype),
+        initial_state=_normal(r, (B, H, dk, dv), dtype),
+    )
+    if decay is not None:
+        g_shape = (B, L, H) if decay == "head" else (B, L, H, dk)
+        x["log_decay"] = -jax.nn.softplus(_normal(r, g_shape, dtype) + 1.0)
+    return x
+
+
+def _la_run(names, method, chunk_size):
+    def fn(*args):
+        return linear_attention(
+            **dict(zip(names, args, strict=True)),
+            method=method,
+            chunk_size=chunk_size,
+            return_final_state=True,
+        )
+
+    return fn
+
+
+@pytest.mark.parametrize("case", LA_CASES)
+def test_linear_attention_pallas_matches_recurrent(case):
+    decay, shape, chunk_size, with_s0 = LA_CASES[case]
+    x = _la_inputs(0, decay, shape)
+    names = [n for n in x if with_s0 or n != "initial_state"]
+    args = [x[n] for n in names]
+    pallas, ref = _la_run(names, "pallas", chunk_size), _la_run(names, "recurrent", 1)
+    assert_same_values_and_grads(pallas, ref, args)
+
+
+def test_linear_attention_pallas_bfloat16():
+    """bf16 in, per-head decay: o in bf16 rounded from the same float32 math, S_L float32."""
+    x = _la_inputs(1, "head", (2, 9, 2, 4, 4), dtype=jnp.bfloat16)
+    names = list(x)
+    args = [x[n] for n in names]
+    pallas, ref = _la_run(names, "pallas", 4), _la_run(names, "recurrent", 1)
+    o, S = jax.eval_shape(pallas, *args)
+    assert o.dtype == jnp.bfloat16 and S.dtype == jnp.float32
+    assert_same_values_and_grads(pallas, ref, args, rtol=1e-2, atol=1e-2)
+
+
+def test_linear_attention_pallas_bidirectional():
+    """``causal=False`` (no decay) with "pallas" computes the same as "chunked"."""
+    x = _la_inputs(2, None, (1, 6, 2, 3, 2))
+    out = [
+        linear_attention(x["q"], x["k"], x["v"], causal=False, method=m)
+        for m in ("pallas", "chunked")
+    ]
+    chex.assert_trees_all_close(out[0], out[1], **TOL)
