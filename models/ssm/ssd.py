@@ -1,6 +1,6 @@
 """Mamba-2's state-space duality (SSD): the scalar-decay multi-head SSM as a pure op.
 
-One recurrence, two ways to compute it (they agree to float32 round-off):
+One recurrence, three ways to compute it (they agree to float32 round-off):
 
 - ``"recurrent"``: a ``lax.scan`` over tokens, the reference (one step is :func:`ssd_step`);
 - ``"chunked"``: the SSD block decomposition of the semiseparable matrix (Dao & Gu 2024,
@@ -8,6 +8,8 @@ One recurrence, two ways to compute it (they agree to float32 round-off):
   quadratic "attention" form), each chunk's final state, a scan over chunks passing the
   states, and the incoming state's contribution to each chunk's outputs. Linear in L and
   dominated by matmuls.
+- ``"pallas"``: the chunked form as Pallas kernels (``jaxdiv.models.kernels.ssd``, the
+  per-head-decay linear-attention kernels with grouped B, C; custom VJP); interpret mode on CPU.
 
 Decay is kept in log space: a_t = Δ_t A ≤ 0. Inside a chunk only the *segment sums*
 Σ_{s<k≤t} a_k appear (built by masked cumulative sums, −∞ above the diagonal before the
@@ -27,8 +29,9 @@ from jax import lax
 from jax.typing import ArrayLike
 
 from jaxdiv import checks
+from jaxdiv.models.kernels import ssd as _kernels
 
-METHODS = ("recurrent", "chunked")
+METHODS = ("recurrent", "chunked", "pallas")
 
 
 def _lead(v: jax.Array, ndim: int) -> jax.Array:
@@ -208,9 +211,13 @@ def ssd(
     projections shared by groups of heads (head i uses group ``i // (h // g)``) and ``D`` the
     per-head skip. ``"recurrent"`` runs the recurrence with ``lax.scan``; ``"chunked"`` the SSD
     block decomposition (intra-chunk quadratic form, chunk states, a scan passing states between
-    chunks, the incoming state's output term). All math runs in float32 at least, whatever the
-    input dtype. L need not be a multiple of ``chunk_size`` (the tail is padded with Δ = 0, an
-    identity step).
+    chunks, the incoming state's output term). ``"pallas"`` is the chunked form as Pallas
+    kernels (``jaxdiv.models.kernels.ssd``): grid over (batch, heads), the state carried
+    across chunks inside the kernel, a backward kernel over the chunks in reverse from
+    checkpointed chunk states (custom VJP, reverse mode only); interpret mode on CPU (slow: for
+    checking), not yet compiled or measured on TPU/GPU, so it is opt-in and the default stays
+    ``"chunked"``. All math runs in float32 at least, whatever the input dtype. L need not be
+    a multiple of ``chunk_size`` (the tail is padded with Δ = 0, an identity step).
 
     Args:
       x: input ``[b, L, h, p]``.
@@ -219,10 +226,11 @@ def ssd(
       B: ``[b, L, g, n]``, g dividing h.
       C: ``[b, L, g, n]``.
       D: skip ``[h]`` or None.
-      chunk_size: the chunk length T of ``"chunked"`` (a positive int; clipped to L).
+      chunk_size: the chunk length T of ``"chunked"`` and ``"pallas"`` (a positive int;
+        clipped to L).
       initial_state: S_0 ``[b, h, p, n]`` or None (zeros).
       return_final_state: also return S_L.
-      method: ``"chunked"`` or ``"recurrent"``.
+      method: ``"chunked"``, ``"recurrent"`` or ``"pallas"``.
 
     Returns:
       y ``[b, L, h, p]`` in ``x``'s dtype; with ``return_final_state``, ``(y, S_L)`` where
@@ -260,6 +268,8 @@ def ssd(
     )
     if method == "recurrent":
         y, S = _recurrent(xf, dtf, Af, Bf, Cf, S0)
+    elif method == "pallas":
+        y, S = _kernels.ssd_grouped(xf, dtf, Af, Bf, Cf, S0, chunk_size=T)
     else:
         y, S = _chunked(xf, dtf, Af, Bf, Cf, S0, max(1, min(T, L)))
     y = y.reshape(b, L, h, p)

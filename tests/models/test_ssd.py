@@ -209,7 +209,9 @@ def test_traces_once_per_shape():
 
 def test_errors():
     x, dt, A, B, C, D, S0 = (np.asarray(v) for v in make_inputs(12, L=6, h=4, g=2))
-    with pytest.raises(ValueError, match=r"`method` must be one of \['chunked', 'recurrent'\]"):
+    with pytest.raises(
+        ValueError, match=r"`method` must be one of \['chunked', 'pallas', 'recurrent'\]"
+    ):
         ssd(x, dt, A, B, C, method="pallas-ish")
     with pytest.raises(ValueError, match="`chunk_size` must be a positive int, got 0"):
         ssd(x, dt, A, B, C, chunk_size=0)
