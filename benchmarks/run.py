@@ -38,6 +38,7 @@ SECTIONS = (
     "lasp2",
     "kernels",
     "training",
+    "pretrained",
 )
 RESULTS = Path(__file__).parent / "results"
 

@@ -13,10 +13,12 @@ Registered: ``llama``, ``qwen2``, ``mamba``, ``mamba2``; a new architecture is o
 
 Loading builds the model abstractly (``nnx.eval_shape``, no initialisation), checks every
 tensor name, shape and dtype from the safetensors headers before reading any data, then reads
-one file at a time, one tensor at a time, converting each to its parameter's dtype on the host
-and placing it on the devices (sharded by the parameters' logical axes when a mesh is given or
-in context), so the model is never held twice. Library code uses NumPy and ``safetensors``
-only (no torch).
+one file at a time, one tensor at a time, and places each on the devices (sharded by the
+parameters' logical axes when a mesh is given or in context), so the model is never held
+twice. A tensor is read with plain file reads (no memory map), in row chunks converted to the
+parameter's layout and dtype straight into a 64-byte-aligned buffer, which the CPU backend
+adopts without a copy: host memory peaks near the model's own size (``benchmarks/pretrained.py``
+measures it). Library code uses NumPy and ``safetensors`` only (no torch).
 """
 
 import dataclasses
@@ -52,7 +54,8 @@ _ST_DTYPES = {
     "F8_E4M3": np.dtype(jnp.float8_e4m3fn),
     "F8_E5M2": np.dtype(jnp.float8_e5m2),
 }
-_NUMPY_NATIVE = ("F64", "F32", "F16")  # what ``safe_open(framework="numpy")`` can return
+_ALIGN = 64  # bytes; the CPU backend adopts an aligned NumPy buffer without copying it
+_CHUNK_BYTES = 16 * 2**20  # rows of a checkpoint tensor read at once
 _HF_DTYPES = ("float32", "bfloat16", "float16")
 
 # Logical axis -> mesh axis; the same preference as ``jaxdiv.train.sharding.DEFAULT_RULES``
@@ -73,18 +76,24 @@ DEFAULT_RULES: dict[str, str | tuple[str, ...] | None] = {
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-    """How a PyTorch tensor maps onto our parameter (``to_ours``) and back (``to_hf``)."""
+    """How a PyTorch tensor maps onto our parameter (``to_ours``) and back (``to_hf``).
+
+    ``axis`` is the axis of our parameter that the PyTorch tensor's first axis becomes, so
+    ``to_ours`` of rows ``r0:r1`` of the PyTorch tensor fills ``r0:r1`` along ``axis`` of ours
+    (loading reads large tensors in row chunks).
+    """
 
     to_ours: Callable[[np.ndarray], np.ndarray]
     to_hf: Callable[[np.ndarray], np.ndarray]
     hf_shape: Callable[[tuple[int, ...]], tuple[int, ...]]
+    axis: int = 0
 
 
 SAME = Layout(lambda w: w, lambda w: w, lambda s: s)
 # nn.Linear weight [out, in] <-> our kernel [in, out]
-LINEAR = Layout(lambda w: w.T, lambda w: w.T, lambda s: s[::-1])
+LINEAR = Layout(lambda w: w.T, lambda w: w.T, lambda s: s[::-1], axis=1)
 # depthwise nn.Conv1d weight [E, 1, K] <-> our kernel [K, E]
-CONV = Layout(lambda w: w[:, 0, :].T, lambda w: w.T[:, None, :], lambda s: (s[1], 1, s[0]))
+CONV = Layout(lambda w: w[:, 0, :].T, lambda w: w.T[:, None, :], lambda s: (s[1], 1, s[0]), axis=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -352,8 +361,8 @@ register_architecture(
 
 def _float(value) -> float:
     """A JSON number, ``Infinity`` included, or transformers 5's ``{"__float__": "Infinity"}``."""
-    if isinstance(value, Mapping) and "__float__" in value:
-        value = value["__float__"]
+    if isinstance(value, Mapping):
+        return float(str(value.get("__float__")))
     return float(value)
 
 
@@ -379,9 +388,13 @@ def _mamba2_to_config(hf: Mapping[str, Any]) -> dict:
         )
     _require(hf, "num_heads", inner // headdim, t)
     limit = hf.get("time_step_limit")
-    if limit is not None and tuple(_float(v) for v in limit) != (0.0, math.inf):
+    try:
+        parsed = None if limit is None else tuple(_float(v) for v in limit)
+    except (TypeError, ValueError):
+        parsed = ()
+    if parsed is not None and parsed != (0.0, math.inf):
         raise ValueError(
-            f"{CONFIG_FILE}: {t!r} with time_step_limit={list(limit)!r} is not supported; "
+            f"{CONFIG_FILE}: {t!r} with time_step_limit={limit!r} is not supported; "
             "expected time_step_limit=[0.0, Infinity] (no clamp of the time step)."
         )
     auto = LMConfig(vocab_size=1, d_model=d_model, n_layers=1, expand=expand).mamba2_head_dim()
@@ -502,16 +515,60 @@ def _weight_files(path: Path) -> dict[str, Path]:
     return {key: path / WEIGHTS_FILE for key in _read_header(path / WEIGHTS_FILE)}
 
 
-def _read_tensor(handle, file: Path, key: str, info: Mapping[str, Any]) -> np.ndarray:
-    """One tensor as NumPy: ``safe_open`` for NumPy dtypes, the raw bytes for bf16 / fp8."""
-    if info["dtype"] in _NUMPY_NATIVE:
-        return handle.get_tensor(key)
-    start, end = info["data_offsets"]
-    with open(file, "rb") as f:
-        (size,) = struct.unpack("<Q", f.read(8))
-        f.seek(8 + size + start)
-        data = f.read(end - start)
-    return np.frombuffer(data, _ST_DTYPES[info["dtype"]]).reshape(info["shape"])
+def _aligned_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts on a ``_ALIGN``-byte boundary."""
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    raw = np.empty(nbytes + _ALIGN, np.uint8)
+    start = -raw.ctypes.data % _ALIGN
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
+
+
+def _read_exact(f, buffer: memoryview) -> None:
+    """Fills ``buffer`` from the unbuffered file ``f`` (a read may return fewer bytes)."""
+    done = 0
+    while done < len(buffer):
+        n = f.readinto(buffer[done:])
+        if not n:
+            raise ValueError(f"{f.name} ends before the tensor data its header promises.")
+        done += n
+
+
+def _read_tensor(
+    f, offset: int, info: Mapping[str, Any], layout: Layout, shape: tuple[int, ...], dtype
+) -> np.ndarray:
+    """One checkpoint tensor as our parameter: ``shape`` in ``dtype``, in an aligned buffer.
+
+    Plain reads, not a memory map (whose touched pages would count in the resident set until
+    the file is closed): the stored rows go, ``_CHUNK_BYTES`` at a time, through
+    ``layout.to_ours`` and the cast into the result, so neither a stored-dtype copy nor a
+    transposed copy of the whole tensor is ever made. A tensor already in our dtype and
+    layout is read straight into the result.
+    """
+    stored = _ST_DTYPES[info["dtype"]]
+    hf_shape = tuple(info["shape"])
+    out = _aligned_empty(shape, dtype)
+    f.seek(offset + info["data_offsets"][0])
+    if out.size == 0:
+        return out
+    if layout is SAME and stored == out.dtype:
+        _read_exact(f, out.reshape(-1).view(np.uint8).data)
+        return out
+    rows, row_shape = (hf_shape[0], hf_shape[1:]) if hf_shape else (1, ())
+    row_bytes = max(1, math.prod(row_shape) * stored.itemsize)
+    step = max(1, min(rows, _CHUNK_BYTES // row_bytes))
+    buffer = np.empty(step * row_bytes, np.uint8)
+    for r0 in range(0, rows, step):
+        n = min(step, rows - r0)
+        _read_exact(f, buffer.data[: n * row_bytes])
+        chunk = buffer[: n * row_bytes].view(stored).reshape((n, *row_shape) if hf_shape else ())
+        if not hf_shape:
+            out[...] = layout.to_ours(chunk)
+            break
+        index = [slice(None)] * out.ndim
+        index[layout.axis] = slice(r0, r0 + n)
+        out[tuple(index)] = layout.to_ours(chunk)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -661,6 +718,12 @@ def load_pretrained(
                 f"{file.name}: tensor {stored!r} has dtype {info['dtype']}; expected one of "
                 f"{sorted(_ST_DTYPES)}."
             )
+        start, end = info["data_offsets"]
+        if end - start != math.prod(want) * _ST_DTYPES[info["dtype"]].itemsize:
+            raise ValueError(
+                f"{file.name}: tensor {stored!r} has {end - start} bytes of data; expected "
+                f"{math.prod(want)} {info['dtype']} values."
+            )
         plan[file].append((stored, key))
     found = {arch.aliases.get(k, k) for k in files}
     missing = sorted(set(targets) - found)
@@ -671,21 +734,21 @@ def load_pretrained(
         )
 
     mesh = mesh if mesh is not None else _context_mesh()
-    from safetensors import safe_open
-
     for file, keys in plan.items():  # one file open at a time, one tensor in memory at a time
         if not keys:
             continue
-        with safe_open(file, framework="numpy") as handle:
+        with open(file, "rb", buffering=0) as f:
+            (size,) = struct.unpack("<Q", f.read(8))
             for stored, key in keys:
                 name, layout = targets[key]
                 variable = params[name]
-                value = _read_tensor(handle, file, stored, headers[file][stored])
-                value = np.asarray(layout.to_ours(value), variable.get_value().dtype)
-                if mesh is not None:
-                    variable.set_value(jax.device_put(value, param_sharding(variable, mesh, rules)))
-                else:
-                    variable.set_value(jnp.asarray(value))
+                want = variable.get_value()
+                value = _read_tensor(
+                    f, 8 + size, headers[file][stored], layout, tuple(want.shape), want.dtype
+                )
+                # On a CPU backend the aligned buffer becomes the parameter without a copy.
+                sharding = param_sharding(variable, mesh, rules) if mesh is not None else None
+                variable.set_value(jax.device_put(value, sharding))
                 del value
     return nnx.merge(graphdef, state)
 

@@ -145,3 +145,14 @@ def test_time_jax_returns_the_warmup_output_and_memory():
     assert run_.peak_bytes >= 2 * x.nbytes  # the argument and the output at least
     with pytest.raises(ValueError, match="warmup must be >= 1"):
         harness.time_compiled(run_.compiled, x, repeats=1, warmup=0)
+
+
+def test_pretrained_section_measures_a_fresh_process():
+    """The load-memory section on a tiny checkpoint: its child process runs and reports."""
+    section = importlib.import_module("benchmarks.pretrained").run(
+        quick=True, size="tiny", dtypes=("bfloat16",)
+    )
+    (row,) = section.tables[0].rows
+    assert row["dtype"] == "bfloat16" and row["peak MiB"] >= 0 and row["load s"] > 0
+    (target,) = section.targets
+    assert target.name.startswith("load peak ≤ 1.5× N·bytes (bfloat16")

@@ -8,6 +8,7 @@ the transformers forward; they import torch through ``pytest.importorskip``. Eve
 
 import json
 import math
+import struct
 
 import chex
 import jax
@@ -205,6 +206,19 @@ def test_bfloat16_load_and_bfloat16_checkpoint(saved, tmp_path):
     chex.assert_trees_all_equal(params(again), p16)
 
 
+def test_chunked_reads_equal_whole_tensors(saved, monkeypatch):
+    """Tensors read a few rows at a time (transposed, cast per chunk) load bit for bit."""
+    from jaxdiv.models import pretrained
+
+    monkeypatch.setattr(pretrained, "_CHUNK_BYTES", 200)  # 1-3 rows per read
+    for kind in ("llama", "mamba2"):  # LINEAR, CONV and SAME layouts
+        path, model = saved[kind]
+        chex.assert_trees_all_equal(params(load_pretrained(path)), params(model))
+        loaded = params(load_pretrained(path, dtype="bfloat16"))
+        for name, value in params(model).items():
+            np.testing.assert_array_equal(loaded[name], value.astype(loaded[name].dtype), name)
+
+
 def test_loading_places_params_with_the_mesh_shardings(saved):
     from jaxdiv.models.pretrained import DEFAULT_RULES
     from jaxdiv.train import sharding as train_sharding
@@ -330,6 +344,21 @@ def test_missing_and_unexpected_tensors(llama_dir):
     load_pretrained(llama_dir)  # repaired
     edit_weights(llama_dir, lambda t: t.update({"model.extra.weight": np.zeros(3, np.float32)}))
     with pytest.raises(ValueError, match=r"missing \[\], unexpected \['model.extra.weight'\]"):
+        load_pretrained(llama_dir)
+
+
+def test_header_and_data_that_disagree(llama_dir):
+    file, key = llama_dir / "model.safetensors", "model.layers.0.mlp.up_proj.weight"
+    data = file.read_bytes()
+    (size,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + size])
+    header[key]["dtype"] = "F16"  # half the bytes the offsets span
+    new = json.dumps(header).encode()
+    file.write_bytes(struct.pack("<Q", len(new)) + new + data[8 + size :])
+    with pytest.raises(ValueError, match=rf"'{key}' has 8192 bytes of data; expected 2048 F16"):
+        load_pretrained(llama_dir)
+    file.write_bytes(data[:-100])  # truncated
+    with pytest.raises(ValueError, match="ends before the tensor data its header promises"):
         load_pretrained(llama_dir)
 
 
