@@ -36,8 +36,9 @@ class LMConfig:
     its sequence-parallel form (``jaxdiv.models.parallel``: LASP-2 for linear attention and
     LightNet, LASP-2H for softmax attention, state passing for Mamba and S4); elsewhere (no
     mesh, decoding) the same model runs the single-device ops. ``dtype`` is the compute dtype,
-    ``param_dtype``
-    the storage dtype (SSM-sensitive parameters always stay float32).
+    ``param_dtype`` the storage dtype (SSM-sensitive parameters always stay float32).
+    ``scan_method`` is the ``selective_scan`` method of the Mamba layers (``"auto"`` picks per
+    backend; see ``selective_scan``).
 
     The ``"mamba2"`` mixer (``Mamba2Block``) shares ``d_conv``, ``expand``, ``chunk_size`` and
     ``norm_eps`` (its gated norm) and adds ``mamba2_state`` (N per head), ``mamba2_headdim`` (P;
@@ -67,6 +68,7 @@ class LMConfig:
     expand: int = 2
     s4_state: int = 64
     chunk_size: int = 64
+    scan_method: str = "auto"  # the Mamba layers' selective_scan method
     tie_embeddings: bool = True
     sequence_axis: str | None = None
     norm_eps: float = 1e-6

@@ -99,7 +99,12 @@ register_mixer(
     Mixer(
         MambaBlock,
         lambda c, kw: MambaBlock(
-            c.d_model, d_state=c.d_state, d_conv=c.d_conv, expand=c.expand, **kw
+            c.d_model,
+            d_state=c.d_state,
+            d_conv=c.d_conv,
+            expand=c.expand,
+            scan_method=c.scan_method,
+            **kw,
         ),
         "conv window [B, d_conv - 1, D_inner] and SSM state h [B, D_inner, N]",
         sequence_parallel_selective_scan,

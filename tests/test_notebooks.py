@@ -24,7 +24,13 @@ def _kernel_env() -> dict[str, str]:
 
 def test_every_notebook_is_collected():
     names = [path.name for path in NOTEBOOKS]
-    for name in ("01_divergences", "02_distill_lm", "03_sequence_models", "05_alignment"):
+    for name in (
+        "01_divergences",
+        "02_distill_lm",
+        "03_sequence_models",
+        "05_alignment",
+        "06_distill_your_model",
+    ):
         assert f"{name}.ipynb" in names
 
 

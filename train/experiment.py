@@ -291,8 +291,11 @@ class Experiment:
 
     @property
     def teacher_params(self):
-        """The frozen teacher's parameters (None without a teacher or when it trains online)."""
-        return None if self.teacher is None or self.objective.online else self.teacher.params
+        """The frozen teacher's parameters the train step takes (None without a teacher term,
+        or when the teacher trains online and lives in the state)."""
+        if self.teacher is None or self.objective.online or not self.objective.needs_teacher:
+            return None
+        return self.teacher.params
 
     @property
     def tokens_per_step(self) -> int:
@@ -330,7 +333,8 @@ class Experiment:
         """Held-out metrics of the state's model (and KL to its teacher: the frozen one, or
         the online teacher of the state): batch means weighted by each batch's valid rows."""
         params = state["params"]
-        teacher_params = state.get("teacher_params", self.teacher_params)
+        frozen = None if self.teacher is None else self.teacher.params
+        teacher_params = state.get("teacher_params", frozen)
         config, task = self.config, self.task
         sums, total = {}, 0.0
         batches = task.batches("eval", batch_size=int(config.batch_size), **self.hosts)
@@ -377,8 +381,9 @@ def build(config, workdir=None, *, mesh=None, teacher: Trained | None = None) ->
     validate(config, mesh)
     task = task_of(config)
     objective = Objective.from_config(config, task.kind)
-    if teacher is None and objective.needs_teacher:
-        teacher = load_teacher(config, mesh)
+    path = teacher_path(config)
+    if teacher is None and (objective.needs_teacher or (path and Path(path).exists())):
+        teacher = load_teacher(config, mesh)  # an existing teacher also scores the baseline
     if teacher is not None:
         vocab = teacher.lm_config.vocab_size
         if vocab < task.vocab_size:
@@ -412,9 +417,13 @@ def build(config, workdir=None, *, mesh=None, teacher: Trained | None = None) ->
     label_sh = shard_lib.batch_sharding(mesh, 1, shard_sequence=False)
     example = next(task.batches("train", batch_size=int(config.batch_size), seed=config.seed))
     batch_shardings = {k: (label_sh if v.ndim == 1 else batch_sh) for k, v in example.items()}
-    teacher_graphdef = None if teacher is None else teacher.graphdef
-    frozen = None if teacher is None or objective.online else teacher.params
+    eval_teacher = None if teacher is None else teacher.graphdef  # KL to the teacher
+    teacher_graphdef = eval_teacher if objective.needs_teacher else None  # the loss's teacher
+    frozen = None if teacher_graphdef is None or objective.online else teacher.params
     teacher_sh = None if frozen is None else jax.tree.map(lambda x: x.sharding, frozen)
+    eval_teacher_sh = (
+        None if teacher is None else jax.tree.map(lambda x: x.sharding, teacher.params)
+    )
     repl = shard_lib.replicated(mesh)
     step_fn = make_train_step(
         spec.graphdef,
@@ -432,11 +441,11 @@ def build(config, workdir=None, *, mesh=None, teacher: Trained | None = None) ->
         donate_argnums=0,
     )
     eval_step = jax.jit(
-        make_eval_step(spec.graphdef, objective, teacher_graphdef=teacher_graphdef),
+        make_eval_step(spec.graphdef, objective, teacher_graphdef=eval_teacher),
         in_shardings=(
             spec.shardings["params"],
             batch_shardings,
-            spec.shardings.get("teacher_params", teacher_sh),  # online: the state's teacher
+            spec.shardings.get("teacher_params", eval_teacher_sh),  # online: the state's
         ),
         out_shardings=repl,
     )
@@ -450,7 +459,7 @@ def build(config, workdir=None, *, mesh=None, teacher: Trained | None = None) ->
     flops = flops_per_token(
         model_config(config, task.vocab_size),
         task.seq_len,
-        teacher=None if teacher is None else teacher.lm_config,
+        teacher=None if teacher_graphdef is None else teacher.lm_config,
         online=objective.online,
     )
     return Experiment(

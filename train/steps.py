@@ -90,9 +90,7 @@ def make_train_step(
         metrics["loss"] = loss
         out = {"student": grads}
         if objective.online:
-            student_logits = jax.lax.stop_gradient(
-                forward(graphdef, state["params"], batch)[0]
-            )
+            student_logits = jax.lax.stop_gradient(forward(graphdef, state["params"], batch)[0])
             (t_loss, t_metrics), t_grads = jax.value_and_grad(teacher_loss, has_aux=True)(
                 state["teacher_params"], student_logits, batch
             )

@@ -1,5 +1,7 @@
 """LanguageModel / SequenceClassifier over every mixer and a hybrid."""
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -147,3 +149,16 @@ def test_config_errors():
         model(jnp.zeros((2, 3)))
     with pytest.raises(ValueError, match=r"`tokens` must have shape \[B, L\]"):
         model(jnp.zeros((3,), jnp.int32))
+
+
+def test_scan_method_reaches_the_mamba_layers():
+    config = LMConfig(vocab_size=17, d_model=16, n_layers=2, mixer=("mamba", "attention"))
+    tokens = jnp.arange(12, dtype=jnp.int32).reshape(2, 6) % 17
+    logits = {}
+    for method in ("sequential", "chunked"):
+        model = LanguageModel(dataclasses.replace(config, scan_method=method), rngs=nnx.Rngs(0))
+        assert model.backbone.layers[0].mixer.scan_method == method
+        logits[method] = model(tokens)
+    chex.assert_trees_all_close(logits["chunked"], logits["sequential"], atol=1e-5)
+    with pytest.raises(ValueError, match="`scan_method` must be one of"):
+        LanguageModel(dataclasses.replace(config, scan_method="fast"), rngs=nnx.Rngs(0))
