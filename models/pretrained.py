@@ -36,9 +36,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from .lm import LanguageModel, LMConfig
+from .sharding import param_sharding
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -57,18 +58,6 @@ _ST_DTYPES = {
 _ALIGN = 64  # bytes; the CPU backend adopts an aligned NumPy buffer without copying it
 _CHUNK_BYTES = 16 * 2**20  # rows of a checkpoint tensor read at once
 _HF_DTYPES = ("float32", "bfloat16", "float16")
-
-# Logical axis -> mesh axis; the same preference as ``jaxdiv.train.sharding.DEFAULT_RULES``
-# (``models`` may not import ``train``; tests/models/test_pretrained.py ties the two).
-DEFAULT_RULES: dict[str, str | tuple[str, ...] | None] = {
-    "embed": "fsdp",
-    "mlp": "tensor",
-    "heads": "tensor",
-    "vocab": "tensor",
-    "kv": None,
-    "state": None,
-}
-
 
 # ---------------------------------------------------------------------------------------------
 # Layouts: Hugging Face (PyTorch) tensor <-> our parameter.
@@ -580,30 +569,6 @@ def _context_mesh() -> Mesh | None:
     return None if mesh.empty else mesh
 
 
-def _partition_spec(axes, shape, mesh: Mesh, rules) -> PartitionSpec:
-    """Logical axes -> PartitionSpec; a dim the mesh axes do not divide stays replicated."""
-    spec, used = [], set()
-    for name, size in zip(axes, shape, strict=True):
-        target = rules.get(name) if name is not None else None
-        names = (target,) if isinstance(target, str) else tuple(target or ())
-        names = tuple(a for a in names if a in mesh.shape and mesh.shape[a] > 1 and a not in used)
-        if names and size % math.prod(mesh.shape[a] for a in names) == 0:
-            spec.append(names[0] if len(names) == 1 else names)
-            used.update(names)
-        else:
-            spec.append(None)
-    return PartitionSpec(*spec)
-
-
-def param_sharding(variable: nnx.Variable, mesh: Mesh, rules=None) -> NamedSharding:
-    """The NamedSharding of a parameter from its ``logical_axes`` (replicated without)."""
-    axes = variable.get_metadata().get("logical_axes")
-    shape = variable.get_value().shape
-    if axes is None:
-        return NamedSharding(mesh, PartitionSpec())
-    return NamedSharding(mesh, _partition_spec(axes, shape, mesh, rules or DEFAULT_RULES))
-
-
 # ---------------------------------------------------------------------------------------------
 # Loading.
 
@@ -656,8 +621,8 @@ def load_pretrained(
         checkpoint's declared ``dtype`` / ``torch_dtype`` (float32 if absent).
       mesh: place each parameter with the ``NamedSharding`` given by its logical axes on this
         mesh; default the mesh in context (``jax.set_mesh``), else the default device.
-      rules: logical axis -> mesh axis rules (default :data:`DEFAULT_RULES`, the training
-        code's).
+      rules: logical axis -> mesh axis rules (default ``jaxdiv.models.sharding.DEFAULT_RULES``,
+        the training code's).
 
     Returns:
       the model; ``model(tokens)`` gives the logits of the transformers forward.

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.sharding import PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "sequence", "tensor")
 """Every mesh axis, outermost first: data parallel, FSDP, sequence parallel, tensor parallel."""
@@ -64,6 +64,16 @@ def logical_to_spec(
         else:
             spec.append(None)
     return PartitionSpec(*spec)
+
+
+def param_sharding(variable, mesh, rules: Rules | None = None) -> NamedSharding:
+    """The NamedSharding of an ``nnx.Variable`` from its ``logical_axes`` metadata on ``mesh``
+    (replicated when it has none)."""
+    axes = variable.get_metadata().get("logical_axes")
+    shape = variable.get_value().shape
+    if axes is None:
+        return NamedSharding(mesh, PartitionSpec())
+    return NamedSharding(mesh, logical_to_spec(axes, shape, mesh, rules))
 
 
 def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:

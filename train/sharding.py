@@ -12,8 +12,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from jaxdiv.models.sharding import BATCH_AXES, MESH_AXES, logical_to_spec
-from jaxdiv.models.sharding import DEFAULT_RULES as DEFAULT_RULES
+from jaxdiv.models.sharding import BATCH_AXES, MESH_AXES, param_sharding
 
 
 # Logical axis -> mesh axis (or tuple of mesh axes, or None = replicated).
@@ -63,16 +62,11 @@ def state_shardings(state, mesh: Mesh, rules=None):
     """NamedShardings for an ``nnx.State`` of parameters, from their ``logical_axes`` names."""
     from flax import nnx
 
-    def one(variable):
-        axes = variable.get_metadata().get("logical_axes")
-        value = variable.get_value() if hasattr(variable, "get_value") else variable.value
-        if axes is None:
-            spec = PartitionSpec()
-        else:
-            spec = logical_to_spec(axes, value.shape, mesh, rules)
-        return variable.replace(NamedSharding(mesh, spec))
-
-    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return jax.tree.map(
+        lambda v: v.replace(param_sharding(v, mesh, rules)),
+        state,
+        is_leaf=lambda x: isinstance(x, nnx.Variable),
+    )
 
 
 def batch_sharding(mesh: Mesh, ndim: int, *, shard_sequence: bool) -> NamedSharding:
