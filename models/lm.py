@@ -20,6 +20,14 @@ from jaxdiv.models.sharding import constrain
 
 _ACTIVATION = ("batch", "length", "embed")  # the residual stream's logical axes
 
+REMAT_POLICIES = ("none", "block", "mixer_only")
+"""``LMConfig.remat``: ``"none"`` stores every activation for the backward pass; ``"block"``
+recomputes each layer in the backward pass from its input (saves the layer's internals, costs
+one more forward); ``"mixer_only"`` recomputes only the token mixers (their internal states are
+the largest activations of SSM and linear-attention layers); any other name is a
+``jax.checkpoint_policies`` policy (e.g. ``"dots_saveable"``: keep the matmul outputs,
+recompute the rest) applied per layer."""
+
 MIXERS = mixer_names()
 """The mixer names registered when the package is imported (``registry.mixer_names()``)."""
 
@@ -69,6 +77,7 @@ class LMConfig:
     s4_state: int = 64
     chunk_size: int = 64
     scan_method: str = "auto"  # the Mamba layers' selective_scan method
+    remat: str = "none"  # rematerialisation per layer: see REMAT_POLICIES
     tie_embeddings: bool = True
     sequence_axis: str | None = None
     norm_eps: float = 1e-6
@@ -126,6 +135,11 @@ class LMConfig:
                 raise ValueError(
                     f"LMConfig.{name} must name a dtype, got {getattr(self, name)!r}."
                 ) from None
+        if self.remat not in REMAT_POLICIES and not hasattr(jax.checkpoint_policies, self.remat):
+            raise ValueError(
+                f"LMConfig.remat must be one of {list(REMAT_POLICIES)} or a "
+                f"jax.checkpoint_policies name, got {self.remat!r}."
+            )
 
     @property
     def mixers(self) -> tuple[str, ...]:
@@ -160,6 +174,7 @@ class Layer(nnx.Module):
         if hidden is None:
             hidden = int(config.mlp_ratio * config.d_model)
         self.takes_segments = spec.segments
+        self.remat_mixer = config.remat == "mixer_only"
         if spec.mlp and hidden > 0:
             self.mlp_norm = RMSNorm(config.d_model, eps=config.norm_eps, **kw)
             self.mlp = MLP(config.d_model, hidden, **kw, rngs=rngs)
@@ -168,7 +183,11 @@ class Layer(nnx.Module):
 
     def __call__(self, x, *, where=None, segment_ids=None):  # [B, L, D] -> [B, L, D]
         segments = {"segment_ids": segment_ids} if self.takes_segments else {}
-        x = x + self.mixer(self.norm(x), where=where, **segments)
+        if self.remat_mixer:
+            mix = nnx.remat(lambda mixer, h: mixer(h, where=where, **segments))
+            x = x + mix(self.mixer, self.norm(x))
+        else:
+            x = x + self.mixer(self.norm(x), where=where, **segments)
         if self.mlp is not None:
             x = x + self.mlp(self.mlp_norm(x))
         return x
@@ -179,6 +198,18 @@ class Layer(nnx.Module):
         if self.mlp is not None:
             x = x + self.mlp(self.mlp_norm(x))
         return x, cache
+
+
+def _call_layer(layer, x, where, segment_ids):
+    return layer(x, where=where, segment_ids=segment_ids)
+
+
+def _remat_layer(remat: str):
+    """``(layer, x, where, segment_ids) -> y`` with the layer rematerialised as ``remat`` says."""
+    if remat in ("none", "mixer_only"):
+        return _call_layer
+    policy = None if remat == "block" else getattr(jax.checkpoint_policies, remat)
+    return nnx.remat(_call_layer, policy=policy)
 
 
 class Backbone(nnx.Module):
@@ -217,8 +248,9 @@ class Backbone(nnx.Module):
                 )
         x = constrain(self.embed(tokens), _ACTIVATION)  # [B, L, D]
         intermediates = {"embedding": x}
+        run = _remat_layer(self.config.remat)
         for i, layer in enumerate(self.layers):
-            x = constrain(layer(x, where=where, segment_ids=segment_ids), _ACTIVATION)
+            x = constrain(run(layer, x, where, segment_ids), _ACTIVATION)
             intermediates[f"layer_{i}"] = x
         x = self.final_norm(x)
         intermediates["final_norm"] = x

@@ -79,6 +79,8 @@ def model_config(config, vocab_size: int) -> LMConfig:
             f"vocabulary ({vocab_size})."
         )
     fields["vocab_size"] = fields.get("vocab_size") or vocab_size
+    if fields.get("dtype") == "auto":  # the mixed-precision policy: bf16 compute on GPU/TPU
+        fields["dtype"] = "float32" if jax.default_backend() == "cpu" else "bfloat16"
     if isinstance(fields.get("mixer"), list):
         fields["mixer"] = tuple(fields["mixer"])
     unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(LMConfig)})

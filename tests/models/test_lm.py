@@ -162,3 +162,23 @@ def test_scan_method_reaches_the_mamba_layers():
     chex.assert_trees_all_close(logits["chunked"], logits["sequential"], atol=1e-5)
     with pytest.raises(ValueError, match="`scan_method` must be one of"):
         LanguageModel(dataclasses.replace(config, scan_method="fast"), rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("remat", ["block", "mixer_only", "dots_saveable"])
+def test_remat_policies_give_the_same_values_and_gradients(remat):
+    config = LMConfig(vocab_size=17, d_model=16, n_layers=2, mixer=("mamba", "attention"))
+    tokens = jnp.arange(12, dtype=jnp.int32).reshape(2, 6) % 17
+
+    def value_and_grad(config):
+        graphdef, params = nnx.split(LanguageModel(config, rngs=nnx.Rngs(0)))
+        loss = lambda p: jnp.mean(nnx.merge(graphdef, p)(tokens) ** 2)  # noqa: E731
+        return jax.jit(jax.value_and_grad(loss))(params)
+
+    chex.assert_trees_all_close(
+        value_and_grad(dataclasses.replace(config, remat=remat)), value_and_grad(config), atol=1e-6
+    )
+
+
+def test_unknown_remat_policy_is_named():
+    with pytest.raises(ValueError, match="LMConfig.remat must be one of"):
+        LMConfig(vocab_size=17, d_model=16, n_layers=1, remat="sometimes")

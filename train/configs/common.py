@@ -25,8 +25,13 @@ def base_config() -> ml_collections.ConfigDict:
         "mixer": "mamba",
         "num_heads": None,
         "mlp_ratio": 4.0,
-        "dtype": "float32",
+        # Mixed precision: parameters (and optimizer state) float32; compute "auto" = bfloat16
+        # on GPU/TPU, float32 on CPU. Scans, softmaxes and losses accumulate in float32.
+        "dtype": "auto",
         "param_dtype": "float32",
+        # Rematerialisation per layer: "none", "block", "mixer_only" or a
+        # jax.checkpoint_policies name (jaxdiv.models.lm.REMAT_POLICIES).
+        "remat": "none",
     }
     c.optimizer = {
         "name": "adamw",

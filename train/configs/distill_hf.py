@@ -43,7 +43,7 @@ def get_config():
     c.model.d_model = 576
     c.model.n_layers = 24
     c.model.mixer = "mamba"
-    c.model.dtype = "bfloat16"
+    c.model.dtype = "auto"  # bfloat16 compute on GPU/TPU, float32 on CPU
     c.optimizer.lr = 1e-3
     c.distill.teacher = None  # required: a Hugging Face directory or a jaxdiv workdir
     c.distill.teacher_workdir = None
