@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxdiv import checks
-from jaxdiv.models.kernels import linear_attention as _kernels
+from jaxdiv.models.kernels import linear_attention as _kernels  # pyright: ignore[reportMissingImports]
 
 METHODS = ("recurrent", "chunked", "parallel", "pallas")
 

@@ -264,8 +264,7 @@ def _backward(q, k, v, G, states, do, dSL, *, C, mode, r, interpret):
     return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), dG, outs[-1]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
-def _chunked_padded(q, k, v, G, S0, C, mode, r, interpret):
+def _chunked_padded_impl(q, k, v, G, S0, C, mode, r, interpret):
     kw = dict(C=C, mode=mode, r=r, interpret=interpret, save=False)
     o, SL = _forward(q, k, v, G, S0, **kw)
     return o, SL
@@ -284,6 +283,7 @@ def _chunked_padded_bwd(C, mode, r, interpret, res, cts):
     return _backward(q, k, v, G, states, do.astype(states.dtype), dSL, **kw)
 
 
+_chunked_padded = jax.custom_vjp(_chunked_padded_impl, nondiff_argnums=(5, 6, 7, 8))
 _chunked_padded.defvjp(_chunked_padded_fwd, _chunked_padded_bwd)
 
 
@@ -304,18 +304,18 @@ def chunked_heads_major(
     Returns (o ``[B, H, L, V]``, S_L ``[B, H, K, V]``), both in S0's dtype. L is zero-padded
     to a multiple of ``chunk_size`` (zero k, v and log decay leave the state unchanged).
     """
-    interpret = resolve_interpret(interpret)
+    interp = resolve_interpret(interpret)
     L = v.shape[2]
     C = min(check_block(chunk_size, "chunk_size"), L)
     r = v.shape[1] // q.shape[1]
-    q, k, v = (pad_axis(x, 2, C) for x in (q, k, v))
+    q, k, v = pad_axis(q, 2, C), pad_axis(k, 2, C), pad_axis(v, 2, C)
     G, mode = None, "none"
     if g is not None:
         mode = "head" if g.shape[-1] == 1 else "channel"
-        g = pad_axis(g, 2, C)
-        Bsz, H, Lp, Kg = g.shape
-        G = jnp.cumsum(g.reshape(Bsz, H, Lp // C, C, Kg), axis=3).reshape(g.shape)
-    o, SL = _chunked_padded(q, k, v, G, S0, C, mode, r, interpret)
+        gp = pad_axis(g, 2, C)
+        Bsz, H, Lp, Kg = gp.shape
+        G = jnp.cumsum(gp.reshape(Bsz, H, Lp // C, C, Kg), axis=3).reshape(gp.shape)
+    o, SL = _chunked_padded(q, k, v, G, S0, C, mode, r, interp)
     return o[:, :, :L], SL
 
 

@@ -104,23 +104,23 @@ def _backward_kernel(
             decay.append(jnp.exp(dt * A))
             h = decay[t] * h + Bt[:, t : t + 1] * (dt * u[t : t + 1])
             h_cur.append(h)
-        gu, gd, gb, gc = [None] * T, [None] * T, [None] * T, [None] * T
+        gu, gd, gb, gc = [], [], [], []  # filled from t = T − 1 down to 0
         for t in reversed(range(T)):
             dt, ut, gyt = d[t : t + 1], u[t : t + 1], gy[t : t + 1]  # [1, bd]
-            gc[t] = jnp.sum(h_cur[t] * gyt, axis=1, keepdims=True)  # [N, 1]
+            gc.append(jnp.sum(h_cur[t] * gyt, axis=1, keepdims=True))  # [N, 1]
             g = r + Ct[:, t : t + 1] * gyt  # g_t [N, bd]
             r = decay[t] * g
             q = r * h_prev[t]
             gA = gA + q * dt
             gx = jnp.sum(g * Bt[:, t : t + 1], axis=0, keepdims=True)  # [1, bd]
-            gu[t] = gx * dt
-            gd[t] = gx * ut + jnp.sum(q * A, axis=0, keepdims=True)
-            gb[t] = jnp.sum(g * (dt * ut), axis=1, keepdims=True)  # [N, 1]
+            gu.append(gx * dt)
+            gd.append(gx * ut + jnp.sum(q * A, axis=0, keepdims=True))
+            gb.append(jnp.sum(g * (dt * ut), axis=1, keepdims=True))  # [N, 1]
         rows = pl.ds(pl.multiple_of(c * T, T), T)
-        gu_ref[rows, :] = jnp.concatenate(gu, 0).astype(gu_ref.dtype)  # [T, bd]
-        gd_ref[rows, :] = jnp.concatenate(gd, 0).astype(gd_ref.dtype)
-        gb_ref[rows, :] = jnp.concatenate(gb, 1).T.astype(gb_ref.dtype)  # [T, N]
-        gc_ref[rows, :] = jnp.concatenate(gc, 1).T.astype(gc_ref.dtype)
+        gu_ref[rows, :] = jnp.concatenate(gu[::-1], 0).astype(gu_ref.dtype)  # [T, bd]
+        gd_ref[rows, :] = jnp.concatenate(gd[::-1], 0).astype(gd_ref.dtype)
+        gb_ref[rows, :] = jnp.concatenate(gb[::-1], 1).T.astype(gb_ref.dtype)  # [T, N]
+        gc_ref[rows, :] = jnp.concatenate(gc[::-1], 1).T.astype(gc_ref.dtype)
         return r, gA
 
     r, gA = lax.fori_loop(0, n_chunks, chunk, (ghl_ref[...], jnp.zeros_like(A)))
@@ -193,8 +193,7 @@ def _backward(hs, delta, A_T, u, B, C, gy, ghL, *, bd, T, interpret):
     )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
-def _scan_padded(h0, delta, A_T, u, B, C, bd, T, interpret):
+def _scan_padded_impl(h0, delta, A_T, u, B, C, bd, T, interpret):
     y, hL = _forward(h0, delta, A_T, u, B, C, bd=bd, T=T, interpret=interpret, save=False)
     return y, hL
 
@@ -210,6 +209,7 @@ def _scan_padded_bwd(bd, T, interpret, res, cts):
     return _backward(hs, delta, A_T, u, B, C, gy, ghL, bd=bd, T=T, interpret=interpret)
 
 
+_scan_padded = jax.custom_vjp(_scan_padded_impl, nondiff_argnums=(6, 7, 8))
 _scan_padded.defvjp(_scan_padded_fwd, _scan_padded_bwd)
 
 
@@ -232,14 +232,14 @@ def scan_state_major(
     is an exact identity step) and D to a multiple of ``block_d`` (A = 0, u = 0 keep the
     padded channels' state at 0); the padding is sliced off.
     """
-    interpret = resolve_interpret(interpret)
+    interp = resolve_interpret(interpret)
     L, D = u.shape[1], u.shape[2]
     T = check_block(block_t, "block_t")
-    bd = _default_block_d(D, interpret) if block_d is None else check_block(block_d, "block_d")
-    delta, u, B, C = (pad_axis(x, 1, T) for x in (delta, u, B, C))
-    delta, u = pad_axis(delta, 2, bd), pad_axis(u, 2, bd)
+    bd = _default_block_d(D, interp) if block_d is None else check_block(block_d, "block_d")
+    B, C = pad_axis(B, 1, T), pad_axis(C, 1, T)
+    delta, u = pad_axis(pad_axis(delta, 1, T), 2, bd), pad_axis(pad_axis(u, 1, T), 2, bd)
     A_T, h0 = pad_axis(A_T, 1, bd), pad_axis(h0, 2, bd)
-    y, hL = _scan_padded(h0, delta, A_T, u, B, C, bd, T, interpret)
+    y, hL = _scan_padded(h0, delta, A_T, u, B, C, bd, T, interp)
     return y[:, :L, :D], hL[:, :, :D]
 
 

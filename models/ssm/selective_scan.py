@@ -23,7 +23,7 @@ from jax import lax
 from jax.typing import ArrayLike
 
 from jaxdiv import checks
-from jaxdiv.models.kernels import selective_scan as _kernels
+from jaxdiv.models.kernels import selective_scan as _kernels  # pyright: ignore[reportMissingImports]
 
 METHODS = ("auto", "sequential", "associative", "chunked", "pallas")
 
