@@ -36,6 +36,7 @@ SECTIONS = (
     "scaling",
     "s4_kernel",
     "lasp2",
+    "collectives",
     "kernels",
     "training",
     "pretrained",
