@@ -29,7 +29,7 @@ from jax import lax
 from jax.typing import ArrayLike
 
 from jaxdiv import checks
-from jaxdiv.models.kernels import ssd as _kernels
+from jaxdiv.models.kernels import ssd as _kernels  # pyright: ignore[reportMissingImports]
 
 METHODS = ("recurrent", "chunked", "pallas")
 
