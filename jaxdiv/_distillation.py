@@ -35,6 +35,9 @@ def top_k_kl(
         \mathrm{softmax}(s_\mathcal{K}/T)\right)
         \qquad \text{(softmaxes over the } k \text{ classes only)}
 
+    With ``renormalize=True``, a student with no mass on the teacher's top-:math:`k` classes
+    gives ``+inf``.
+
     ``renormalize=False`` is the OSTQuant trainer's ``kl_top`` (``post_attn=True``, the
     README setting); it is not a divergence in the strict sense (it can be negative when the
     student puts more mass than the teacher on the top-k set) but its minimiser over the
@@ -77,7 +80,11 @@ def top_k_kl(
     top_s = jnp.take_along_axis(lp.student, index, axis=-1)
     if renormalize:
         top_t = jax.nn.log_softmax(top_t, axis=-1)
-        top_s = jax.nn.log_softmax(top_s, axis=-1)
+        # A student with no mass on the teacher's top-k cannot be renormalised there (0/0):
+        # every selected class has p_t > 0 = p_s, so the KL is +inf (double-where, no NaN).
+        empty = jnp.all(top_s == -jnp.inf, axis=-1, keepdims=True)
+        top_s = jax.nn.log_softmax(jnp.where(empty, 0.0, top_s), axis=-1)
+        top_s = jnp.where(empty, -jnp.inf, top_s)
     return finish(kl(top_t, top_s), lp.row_mask)
 
 

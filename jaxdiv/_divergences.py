@@ -8,6 +8,7 @@ with finite gradients; "forward" is :math:`\mathrm{KL}(p_t\|p_s)`, "reverse" is
 :math:`\mathrm{KL}(p_s\|p_t)`. No :math:`T^2` factor except in :func:`hinton_kd`.
 """
 
+import math
 from collections.abc import Callable
 
 import jax
@@ -103,12 +104,15 @@ def reverse_kl(
 def _log_mixture(log_a, log_b, weight_a):
     """log(w·a + (1−w)·b) for a traced or concrete weight w ∈ [0, 1], in log space."""
     weight_a = jnp.asarray(weight_a, log_a.dtype)
-    # Classes where both are zero stay -inf, with the logaddexp kept away from (-inf, -inf),
-    # whose gradient is NaN (double-where).
-    both_zero = (log_a == -jnp.inf) & (log_b == -jnp.inf)
-    log_a, log_b = jnp.where(both_zero, 0.0, log_a), jnp.where(both_zero, 0.0, log_b)
-    log_m = jnp.logaddexp(jnp.log(weight_a) + log_a, jnp.log1p(-weight_a) + log_b)
-    return jnp.where(both_zero, -jnp.inf, log_m)
+    weighted_a = jnp.log(weight_a) + log_a
+    weighted_b = jnp.log1p(-weight_a) + log_b
+    # Classes where both weighted terms are zero (both zero, or one zero and the other's weight
+    # 0 or 1) stay -inf, with the logaddexp kept away from (-inf, -inf), whose gradient is NaN
+    # (double-where).
+    both_zero = (weighted_a == -jnp.inf) & (weighted_b == -jnp.inf)
+    weighted_a = jnp.where(both_zero, 0.0, weighted_a)
+    weighted_b = jnp.where(both_zero, 0.0, weighted_b)
+    return jnp.where(both_zero, -jnp.inf, jnp.logaddexp(weighted_a, weighted_b))
 
 
 def generalized_jsd(
@@ -449,7 +453,9 @@ def _alpha_side(log_w, log_other, a):
     safe_lw = jnp.where(w_pos, log_w, 0.0)
     safe_lo = jnp.where(w_pos, log_other, 0.0)
     o_zero = safe_lo == -jnp.inf
-    r = safe_lo - jnp.where(o_zero, 0.0, safe_lw)  # finite where o > 0
+    # Finite where o > 0, and 0 (not -inf) where o = 0: that side is selected away below, and
+    # a -inf here would turn its zero cotangent into NaN gradients (double-where).
+    r = jnp.where(o_zero, 0.0, safe_lo - safe_lw)
     zero = a == 0.0
     a_safe = jnp.where(zero, 1.0, a)
     # Where other = 0: e^{a r} = 0 (a > 0) gives w·(−1)/a; a ≤ 0 makes the divergence +inf.
@@ -509,13 +515,18 @@ def alpha_divergence(
     lp = log_probs(student_logits, teacher_logits, temperature=temperature, axis=axis, where=where)
     a = jnp.asarray(alpha, lp.student.dtype)
     # Around p_s with exponent alpha (exact for alpha -> 0), around p_t with 1 - alpha.
-    around_student = lambda: _alpha_side(lp.student, lp.teacher, a)
-    around_teacher = lambda: _alpha_side(lp.teacher, lp.student, 1.0 - a)
+    around_student = lambda a: _alpha_side(lp.student, lp.teacher, a)
+    around_teacher = lambda a: _alpha_side(lp.teacher, lp.student, 1.0 - a)
     a_value = checks.concrete(alpha)
     if a_value is not None:
-        value = around_student() if a_value < 0.5 else around_teacher()
+        value = around_student(a) if a_value < 0.5 else around_teacher(a)
     else:
-        value = jnp.where(a < 0.5, around_student(), around_teacher())
+        # Traced alpha: both sides run, so each gets an exponent in its own range (double-where):
+        # the unused side at alpha = 0 or 1 would divide by 1 - 1 = 0 and give NaN gradients.
+        low = a < 0.5
+        value = jnp.where(
+            low, around_student(jnp.where(low, a, 0.0)), around_teacher(jnp.where(low, 1.0, a))
+        )
     return finish(jnp.maximum(value, 0.0), lp.row_mask)  # no -1e-8 from rounding
 
 
@@ -538,8 +549,11 @@ def f_divergence(
 
     with :math:`f` convex and :math:`f(1) = 0`. The ratio is formed as
     :math:`e^{\log p_t - \log p_s}`; where it overflows float32 (log-ratios beyond ~88,
-    e.g. at very low temperatures) a generic :math:`f` cannot be evaluated safely, so prefer
-    the dedicated functions (``forward_kl``, ``chi_squared``, …) there.
+    e.g. at very low temperatures or extreme logits) a generic :math:`f` cannot be evaluated,
+    and the class contributes the :math:`p_s \to 0` limit :math:`f'(\infty)\,p_t` instead
+    (``+inf`` with the default slope, never NaN); the same where :math:`f(u)` overflows.
+    Prefer the dedicated functions (``forward_kl``, ``chi_squared``, …) there: they stay
+    exact in log space.
     Examples: :math:`f(u) = u\log u` is forward KL,
     :math:`-\log u` reverse KL, :math:`\tfrac12|u-1|` total variation (with
     ``f_slope_at_infinity=0.5``), :math:`(u-1)^2` Pearson :math:`\chi^2`.
@@ -576,14 +590,21 @@ def f_divergence(
     lp = log_probs(student_logits, teacher_logits, temperature=temperature, axis=axis, where=where)
     s_pos = lp.student > -jnp.inf
     safe_ls = jnp.where(s_pos, lp.student, 0.0)
-    u = jnp.exp(jnp.where(s_pos, lp.teacher, 0.0) - safe_ls)
-    term = jnp.exp(safe_ls) * f(u)
+    log_u = jnp.where(s_pos, lp.teacher, 0.0) - safe_ls
+    # A ratio beyond the float range (p_s underflowing next to p_t) takes the p_s -> 0 limit
+    # below instead of p_s · f(inf) = 0 · inf = NaN; its exp never runs (double-where).
+    on = s_pos & (log_u < math.log(jnp.finfo(log_u.dtype).max))
+    f_u = f(jnp.exp(jnp.where(on, log_u, 0.0)))
+    # f(u) itself can overflow for a superlinear f next to an underflowed p_s (0 · inf): the
+    # same limit again (+inf with such an f's slope, never NaN).
+    on = on & (f_u < jnp.inf)
+    term = jnp.exp(safe_ls) * jnp.where(on, f_u, 0.0)
     # Off the student's support: p_t · f'(∞), with the slope zeroed elsewhere (no inf · 0).
     p_t = jnp.exp(lp.teacher)
-    off = ~s_pos & (p_t > 0.0)
+    off = ~on & (p_t > 0.0)
     slope = jnp.where(off, jnp.asarray(f_slope_at_infinity, lp.student.dtype), 0.0)
     off_support = p_t * slope
-    return finish(jnp.sum(jnp.where(s_pos, term, off_support), axis=-1), lp.row_mask)
+    return finish(jnp.sum(jnp.where(on, term, off_support), axis=-1), lp.row_mask)
 
 
 def hinton_kd(

@@ -77,9 +77,12 @@ def log_probs(
 
 
 def _log_softmax(x: jax.Array) -> jax.Array:
-    # x − logsumexp(x): XLA fuses this into its consumers better than jax.nn.log_softmax
-    # (one full-size temporary fewer in value + gradient; `python -m benchmarks --only losses`).
-    return x - jax.nn.logsumexp(x, axis=-1, keepdims=True)
+    # Shift by the row max first, then subtract log Σ e^shifted ∈ [0, log V]: `x − logsumexp(x)`
+    # loses the log V term to rounding once |x| is huge (1e30 + log 5 == 1e30 in float32, so a
+    # uniform row got log p = 0 for every class, and divergences went negative). Written out
+    # rather than jax.nn.log_softmax so that XLA fuses it into its consumers.
+    shifted = x - jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
+    return shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))
 
 
 def finish(values: jax.Array, row_mask: jax.Array | None) -> jax.Array:

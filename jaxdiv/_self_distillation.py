@@ -84,11 +84,16 @@ def _log_loo_mean(scores: jax.Array) -> jax.Array:
     batch = scores.shape[-1]
     column = jnp.arange(batch)
     is_max = column[None, :] == jnp.argmax(scores, axis=-1)[:, None]  # [B, B]
-    lse = jax.nn.logsumexp(scores, axis=-1, keepdims=True)  # [B, 1]
-    held_out = jnp.where(is_max, -jnp.inf, scores - lse)  # [B, B], <= -log 2 off the argmax
+    # Relative to the row max, so the log-sums stay O(log B): with huge scores, lse - S_ij
+    # would otherwise round to 0 (1e30 + log B == 1e30) and give log1p(-1) = -inf, then NaN.
+    # The result is shift-equivariant, so the shift carries no gradient.
+    peak = jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))  # [B, 1]
+    x = scores - peak  # [B, B], <= 0
+    lse = jax.nn.logsumexp(x, axis=-1, keepdims=True)  # [B, 1]
+    held_out = jnp.where(is_max, -jnp.inf, x - lse)  # [B, B], <= -log 2 off the argmax
     without_j = lse + jnp.log1p(-jnp.exp(held_out))  # [B, B]
-    without_max = jax.nn.logsumexp(scores, axis=-1, where=~is_max)  # [B]
-    return jnp.where(is_max, without_max[:, None], without_j) - math.log(batch - 1)
+    without_max = jax.nn.logsumexp(x, axis=-1, where=~is_max)  # [B]
+    return peak + jnp.where(is_max, without_max[:, None], without_j) - math.log(batch - 1)
 
 
 def mi_alpha_bound(

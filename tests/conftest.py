@@ -9,8 +9,23 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# Property tests (tests/losses/test_properties.py): `default` is small for local runs, `ci` is
+# bounded and reproducible. Select with HYPOTHESIS_PROFILE=ci. No example database is written
+# (the tree is shared); the first example of each test pays JAX compilation, hence no deadline.
+# The function-scoped fixtures used there (trace counter, rank-promotion switch) hold no
+# per-example state.
+_HYPOTHESIS = dict(
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+settings.register_profile("default", max_examples=25, **_HYPOTHESIS)
+settings.register_profile("ci", max_examples=15, derandomize=True, print_blob=True, **_HYPOTHESIS)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture(autouse=True)
@@ -42,3 +57,11 @@ def x64():
     jax.config.update("jax_enable_x64", True)
     yield
     jax.config.update("jax_enable_x64", False)
+
+
+def pytest_configure(config):
+    # hypothesis's failure report touches mypy_extensions.TypedDict, deprecated; with the
+    # project's `filterwarnings = error` that would hide the failing example.
+    config.addinivalue_line(
+        "filterwarnings", "ignore:mypy_extensions.TypedDict is deprecated:DeprecationWarning"
+    )

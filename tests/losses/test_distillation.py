@@ -183,3 +183,17 @@ def test_fused_memory_is_chunked():
     unfused, fused = temps(False), temps(True)
     assert unfused >= full_logits  # the plain computation materialises [N, V] logits
     assert fused < unfused / 6  # measured: 0.25 vs 2.0 full-size logits
+
+
+def test_top_k_kl_renormalized_student_without_mass_on_top_k_is_inf():
+    """Regression (found by test_properties.py): the renormalised student softmax over k
+    classes that all have p_s = 0 was 0/0, NaN; the KL is +inf (p_t > 0 = p_s there)."""
+    s = jnp.array([[0.0, -jnp.inf, -jnp.inf, -jnp.inf], [0.0, 1.0, 0.5, 2.0]])
+    t = jnp.array([[0.0, 1.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0]])
+    out = jaxdiv.top_k_kl(s, t, k=2, renormalize=True)
+    assert out[0] == jnp.inf
+    np.testing.assert_allclose(out[1], jaxdiv.forward_kl(s[1, 1:3], t[1, 1:3]), rtol=1e-5)
+    grads = jax.grad(
+        lambda a: jaxdiv.top_k_kl(a, t, k=2, renormalize=True, where=jnp.array([False, True])).sum()
+    )(s)
+    assert np.isfinite(grads).all() and (grads[0] == 0).all() and np.abs(grads[1]).sum() > 0

@@ -406,6 +406,79 @@ def test_alpha_limits_are_smooth():
         chex.assert_tree_all_finite(grads)
 
 
+def test_alpha_traced_at_the_limits_has_finite_gradients():
+    """Regression (found by test_properties.py): a traced alpha of 0 or 1 ran the unused
+    side of the where with exponent 1, dividing by 1 - 1 = 0: NaN gradients for all logits."""
+    s, t = logits(30, (3, 5)), logits(31, (3, 5))
+    grad = jax.jit(
+        jax.grad(lambda x, y, a: jaxdiv.alpha_divergence(x, y, alpha=a).sum(), argnums=(0, 1))
+    )
+    for a in (0.0, 1.0, 0.5, -2.0, 3.0):
+        want = jax.grad(
+            lambda x, y, a=a: jaxdiv.alpha_divergence(x, y, alpha=a).sum(), argnums=(0, 1)
+        )(s, t)
+        for point in ((s, t), (s, s)):  # also at p_s = p_t
+            got = grad(*point, jnp.float32(a))
+            chex.assert_tree_all_finite(got)
+        np.testing.assert_allclose(grad(s, t, jnp.float32(a))[0], want[0], rtol=1e-5, atol=1e-6)
+    # A student with zeros against a full teacher: reverse KL (alpha = 0) is finite, and the
+    # unused side (around the teacher, where the student is 0) must not leak NaN.
+    point = jnp.array([[0.0, -jnp.inf, -jnp.inf]])
+    for a in (0.0, 0.3):
+        got = grad(point, jnp.zeros((1, 3)), jnp.float32(a))
+        chex.assert_tree_all_finite(got)
+
+
+@pytest.mark.parametrize("name", sorted(jaxdiv.names()))
+def test_extreme_logits_keep_the_normaliser(name):
+    """Regression (found by test_properties.py): log_softmax as x - logsumexp(x) rounded
+    1e30 + log V to 1e30, so a uniform row of 1e30 logits got log p = 0 for every class and
+    e.g. forward KL against a uniform teacher was -log V instead of 0."""
+    kw = {"alpha_divergence": {"alpha": 0.3}, "top_k_kl": {"k": 2}}.get(name, {})
+    if name == "f_divergence":
+        kw = {"f": lambda u: jnp.square(u - 1.0)}
+    fn = jaxdiv.get(name)
+    huge = jnp.full((2, 5), 1e30)
+    np.testing.assert_allclose(fn(huge, jnp.zeros((2, 5)), **kw), 0.0, atol=1e-6)
+    point = jnp.array([[1e30, -1e30, -1e30], [-1e30, 1e30, 1e30]])
+    np.testing.assert_allclose(fn(point, point, **kw), 0.0, atol=1e-6)
+
+
+def test_skew_kls_at_alpha_one_have_finite_gradients_with_zeros():
+    """Regression (found by test_properties.py): at alpha = 1 the mixture's other term has
+    weight 0, so a zero probability there made logaddexp(-inf, -inf) and NaN gradients in
+    rows whose value (KL(p‖p) = 0) is finite."""
+    zeros = jnp.array([[-jnp.inf, 0.0, 1.0], [0.0, 2.0, -jnp.inf]])
+    full = jnp.array([[0.5, 0.0, 1.0], [0.0, 1.0, 2.0]])
+    for fn, (s, t) in ((jaxdiv.skew_reverse_kl, (zeros, full)), (jaxdiv.skew_kl, (full, zeros))):
+        for alpha in (1.0, jnp.float32(1.0)):
+            value = fn(s, t, alpha=alpha)
+            np.testing.assert_allclose(value, 0.0, atol=1e-7)
+            loss = lambda a, b, al=alpha, f=fn: f(a, b, alpha=al).sum()
+            chex.assert_tree_all_finite(jax.grad(loss, argnums=(0, 1))(s, t))
+
+
+def test_f_divergence_ratio_overflow_is_the_limit_not_nan():
+    """Regression (found by test_properties.py): extreme logits made p_t / p_s overflow to inf
+    next to an underflowed p_s, and p_s · f(inf) = 0 · inf gave NaN."""
+    s = jnp.array([[0.0, 1e30, 1e30], [0.0, 1.0, 2.0]])
+    t = jnp.zeros((2, 3))
+    pearson = jaxdiv.f_divergence(s, t, f=lambda u: jnp.square(u - 1.0))
+    assert pearson[0] == jnp.inf and jnp.isfinite(pearson[1])
+    # p_s = e^-104 underflows to 0 while u = p_t / p_s ~ e^88 is finite but f(u) = (u - 1)^2
+    # overflows: 0 · inf was NaN too.
+    under, teacher = jnp.array([[0.0, -105.0, -105.0]]), jnp.array([[0.0, -18.0, -18.0]])
+    assert jaxdiv.f_divergence(under, teacher, f=lambda u: jnp.square(u - 1.0)) == jnp.inf
+    tv = jaxdiv.f_divergence(s, t, f=lambda u: 0.5 * jnp.abs(u - 1.0), f_slope_at_infinity=0.5)
+    np.testing.assert_allclose(tv, jaxdiv.total_variation(s, t), rtol=1e-6)
+    grads = jax.grad(
+        lambda a: jaxdiv.f_divergence(
+            a, t, f=lambda u: 0.5 * jnp.abs(u - 1.0), f_slope_at_infinity=0.5
+        ).sum()
+    )(s)
+    chex.assert_tree_all_finite(grads)
+
+
 def test_f_divergence_reproduces_the_family():
     s, t = logits(28, (4, 7)), logits(29, (4, 7))
     cases = [

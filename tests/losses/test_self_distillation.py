@@ -166,6 +166,21 @@ def test_mi_alpha_large_scores_are_stable(scale):
     chex.assert_tree_all_finite(grads)
 
 
+def test_mi_alpha_huge_equal_scores_are_not_nan():
+    """Regression (found by test_properties.py): with every score 1e30, logsumexp - S_ij
+    rounded to 0, the leave-one-out log-sum became log1p(-1) = -inf and the bound NaN. All
+    scores equal: every log-ratio is 0 and the InfoNCE end (α = 1) is exactly 1 + 0 - 1 = 0."""
+    scores = jnp.full((4, 4), 1e30)
+    got = mi_alpha_bound(scores, jnp.zeros(4), alpha=1.0)
+    np.testing.assert_allclose(float(got), 0.0, atol=1e-6)
+    # The shift by the row max does not change moderate values (vs the float64 transcription).
+    scores, log_baseline = mi_inputs(6, batch=4)
+    for alpha in (0.0, 0.5, 1.0):
+        got = mi_alpha_bound(jnp.asarray(scores, jnp.float32), jnp.asarray(log_baseline,
+                             jnp.float32), alpha=alpha)  # fmt: skip
+        np.testing.assert_allclose(float(got), np_mi_alpha(scores, log_baseline, alpha), 1e-5)
+
+
 def test_mi_alpha_gradients(x64):
     scores, log_baseline = mi_inputs(5, batch=4)
     for alpha in (0.0, 0.5, 1.0):
