@@ -254,3 +254,72 @@ def test_input_errors():
         sinkhorn_kd(jnp.zeros((4, 5)), jnp.zeros((4, 6)))
     with pytest.raises(TypeError, match="floating dtype"):
         sinkhorn_kd(jnp.zeros((4, 5), jnp.int32), jnp.zeros((4, 5)))
+
+
+# ---------------------------------------------------------------- the ott-jax internals we use
+
+
+def test_ott_internals_that_sinkhorn_kd_relies_on(allow_rank_promotion):
+    """`jaxdiv/_sinkhorn.py` subclasses ott-jax internals (pyproject pins ott-jax >=0.6.0,<0.7).
+    Fails with the ott symbol named if any of them moves or changes signature."""
+    import inspect
+
+    import ott
+    from ott.geometry import geometry
+    from ott.solvers import linear
+    from ott.solvers.linear import implicit_differentiation, sinkhorn
+
+    from jaxdiv import _sinkhorn
+
+    def require(ok, symbol):
+        if not ok:
+            pytest.fail(
+                f"ott-jax {ott.__version__}: `{symbol}` moved or changed; jaxdiv/_sinkhorn.py "
+                "relies on it (tested with ott-jax 0.6.x, pinned <0.7 in pyproject.toml)."
+            )
+
+    params = list(inspect.signature(geometry.Geometry.apply_kernel).parameters)
+    require(params[:4] == ["self", "vec", "eps", "axis"], "Geometry.apply_kernel(vec, eps, axis)")
+    init = inspect.signature(geometry.Geometry.__init__).parameters
+    require(
+        {"cost_matrix", "kernel_matrix", "epsilon"} <= set(init),
+        "Geometry.__init__(cost_matrix=, kernel_matrix=, epsilon=)",
+    )
+    require(
+        isinstance(inspect.getattr_static(geometry.Geometry, "kernel_matrix"), property),
+        "Geometry.kernel_matrix (property)",
+    )
+    require(
+        callable(getattr(geometry.Geometry, "tree_flatten", None))
+        and callable(getattr(geometry.Geometry, "tree_unflatten", None)),
+        "Geometry.tree_flatten / Geometry.tree_unflatten (pytree registration of the subclass)",
+    )
+    options = {"lse_mode", "min_iterations", "max_iterations", "threshold", "inner_iterations"}
+    require(
+        options | {"implicit_diff"} <= set(inspect.signature(sinkhorn.Sinkhorn).parameters),
+        "ott.solvers.linear.sinkhorn.Sinkhorn(" + ", ".join(sorted(options)) + ", implicit_diff)",
+    )
+    require(callable(linear.solve), "ott.solvers.linear.solve")
+    require(
+        "solver_kwargs" in inspect.signature(implicit_differentiation.ImplicitDiff).parameters,
+        "ott.solvers.linear.implicit_differentiation.ImplicitDiff(solver_kwargs=)",
+    )
+    require(
+        "primal_cost" in dir(sinkhorn.SinkhornOutput), "ott.solvers.linear.sinkhorn.SinkhornOutput"
+    )
+
+    # Behaviour: ott's kernel-mode Sinkhorn must route its kernel products through the
+    # overridden `apply_kernel` (else the override is silently dead).
+    calls = []
+
+    @jax.tree_util.register_pytree_node_class
+    class Spy(_sinkhorn._FixedEpsilonGeometry):
+        def apply_kernel(self, vec, eps=None, axis=0):
+            calls.append(axis)
+            return super().apply_kernel(vec, eps, axis)
+
+    cost = jnp.array([[0.0, 1.0], [1.0, 0.0]])
+    geom = Spy(cost_matrix=cost, kernel_matrix=jnp.exp(-cost / 0.5), epsilon=0.5)
+    out = linear.solve(geom, lse_mode=False, max_iterations=3, threshold=-1.0, implicit_diff=None)
+    require(set(calls) == {0, 1}, "Geometry.apply_kernel (no longer called in kernel mode)")
+    require(np.isfinite(out.primal_cost), "SinkhornOutput.primal_cost")
