@@ -172,3 +172,30 @@ def test_missing_teacher_and_files_are_named(tmp_path, corpus):
     config.task.files = str(corpus)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         build(config)
+
+
+def test_mamba2_student_takes_the_attention_projections():
+    """Mamba-in-the-Llama: x ← v, B ← k, C ← q slices of in_proj and out_proj ← o, where the
+    shapes match (here: expand 1, groups = heads = 4, state = head width = 4)."""
+    teacher_config = LMConfig(vocab_size=17, d_model=16, n_layers=1, mixer="attention",
+                              num_heads=4)  # fmt: skip
+    graphdef, t_params = nnx.split(LanguageModel(teacher_config, rngs=nnx.Rngs(1)))
+    student_config = LMConfig(vocab_size=17, d_model=16, n_layers=1, mixer="mamba2", expand=1,
+                              mamba2_ngroups=4, mamba2_state=4, mamba2_headdim=4)  # fmt: skip
+    s_params = nnx.state(LanguageModel(student_config, rngs=nnx.Rngs(2)))
+    new, copied = init_from_teacher(
+        s_params, student_config, Trained(graphdef, t_params, None, teacher_config)
+    )
+    kernel = np.asarray(new["backbone"]["layers"][0]["mixer"]["in_proj"]["kernel"][...])
+    source = t_params["backbone"]["layers"][0]["mixer"]
+    E, GN = 16, 16
+    for name, start in (("v_proj", E), ("k_proj", 2 * E), ("q_proj", 2 * E + GN)):
+        np.testing.assert_array_equal(kernel[:, start : start + 16], source[name]["kernel"][...])
+    before = np.asarray(s_params["backbone"]["layers"][0]["mixer"]["in_proj"]["kernel"][...])
+    np.testing.assert_array_equal(kernel[:, :E], before[:, :E])  # z keeps its initialisation
+    np.testing.assert_array_equal(kernel[:, 2 * E + 2 * GN :], before[:, 2 * E + 2 * GN :])  # Δ
+    np.testing.assert_array_equal(
+        new["backbone"]["layers"][0]["mixer"]["out_proj"]["kernel"][...],
+        source["o_proj"]["kernel"][...],
+    )
+    assert "backbone.layers.0.mixer.in_proj.kernel.q_proj" in copied
