@@ -1,13 +1,16 @@
-"""Registry of the verified per-row divergences, keyed by function name (what configs select).
+"""Registry of the per-row divergences, keyed by function name (what configs select).
 
-Reconstructions (BD-KD) are not registered here: see ``jaxdiv.experimental.get``.
+The keys are the contract of API.md §2: every verified per-row divergence plus ``bd_kd``,
+which API.md lists although it is a reconstruction (the BD-KD paper publishes no method
+equations); it lives in ``jaxdiv.experimental`` with its sources, and ``experimental.names()``
+lists every reconstruction.
 """
 
 from collections.abc import Callable
 
 import jax
 
-from jaxdiv import _distillation, _divergences
+from jaxdiv import _distillation, _divergences, experimental
 
 _REGISTRY: dict[str, Callable[..., jax.Array]] = {
     fn.__name__: fn
@@ -25,6 +28,7 @@ _REGISTRY: dict[str, Callable[..., jax.Array]] = {
         _divergences.f_divergence,
         _divergences.hinton_kd,
         _distillation.top_k_kl,
+        experimental.bd_kd,
     )
 }
 
