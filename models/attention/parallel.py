@@ -48,11 +48,16 @@ def _lasp2_local(q, k, v, g, scale, *, axis_name, causal, chunk_size):
             combine_linear_attention_states, (log_gammas, states), axis=0
         )[1]  # [W, B, H, K, V]
         incoming = exclusive_prefix(prefix, index)
-    # The local chunked pass started from the incoming state: the same as its zero-state output
-    # plus ``linear_attention_inter(q, incoming)``, in one pass.
-    return linear_attention(
-        q, k, v, log_decay=g, scale=scale, chunk_size=chunk_size, initial_state=incoming
-    )  # [B, L, H, V]
+    # The output is linear in the entering state: the local chunked pass from a zero state plus
+    # ``linear_attention_inter(q, incoming)``. The local pass does not depend on the all-gather,
+    # so XLA's scheduler can run it while the states are in flight (LASP-2's overlap of
+    # communication with the intra-chunk computation); only the cheap inter term waits.
+    zero = jnp.zeros_like(state)  # varying over the shards, like the inputs (shard_map types)
+    local = linear_attention(
+        q, k, v, log_decay=g, scale=scale, chunk_size=chunk_size, initial_state=zero
+    )
+    inter = linear_attention_inter(q, incoming, log_decay=g, scale=scale)  # [B, L, H, V]
+    return (local + inter).astype(local.dtype)  # [B, L, H, V]
 
 
 def lasp2_linear_attention(
