@@ -156,3 +156,44 @@ def test_pretrained_section_measures_a_fresh_process():
     assert row["dtype"] == "bfloat16" and row["peak MiB"] >= 0 and row["load s"] > 0
     (target,) = section.targets
     assert target.name.startswith("load peak ≤ 1.5× N·bytes (bfloat16")
+
+
+def test_reproductions_quick_mode_writes_one_row_per_claim(tmp_path, monkeypatch):
+    """``python -m benchmarks.reproductions --quick`` at tiny sizes: every claim's arms are
+    trained once and the report has one row per claim, rebuildable from its JSON."""
+    import dataclasses
+    import time
+
+    repro = importlib.import_module("benchmarks.reproductions")
+    tiny = (
+        "steps=2",
+        "batch_size=8",
+        "eval_batches=1",
+        "task.kwargs.seq_len=16",
+        "task.kwargs.num_tokens=2",
+        "model.d_model=16",
+        "model.n_layers=1",
+    )
+    claims = tuple(dataclasses.replace(c, quick=tiny) for c in repro.CLAIMS)
+    monkeypatch.setattr(repro, "CLAIMS", claims)
+    start = time.perf_counter()
+    json_path, md_path = repro.main(["--quick", "--out", str(tmp_path)])
+    seconds = time.perf_counter() - start
+    assert seconds < 120, f"quick mode took {seconds:.0f} s"
+    assert json_path.name.endswith("-reproductions-quick.json")
+    results = json.loads(json_path.read_text())
+    assert results["meta"]["mode"] == "quick" and results["meta"]["seeds"] == 1
+    (section,) = results["sections"]
+    summary, runs = section["tables"]
+    assert [row["paper"] for row in summary["rows"]] == [c.paper for c in claims]
+    assert len(runs["rows"]) == sum(len(c.arms) for c in claims)
+    for row in runs["rows"]:
+        assert 0.0 <= row["value"] <= 1.0 and row["seconds"] > 0
+    verdicts = [row["verdict"].split("**")[1] for row in summary["rows"]]
+    assert set(verdicts) <= {"reproduced", "partially", "not reproduced"}
+    text = md_path.read_text()
+    assert "Quick mode" in text and all(c.statement in text for c in claims)
+    # The markdown is a pure function of the JSON.
+    md_path.unlink()
+    repro.main(["--report", str(json_path)])
+    assert md_path.read_text() == text
