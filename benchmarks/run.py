@@ -40,6 +40,7 @@ SECTIONS = (
     "kernels",
     "training",
     "pretrained",
+    "accelerators",
 )
 RESULTS = Path(__file__).parent / "results"
 

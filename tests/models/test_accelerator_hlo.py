@@ -1,0 +1,119 @@
+"""The accelerator-path methods never hold a per-token state or an [L, L] matrix.
+
+Each op's forward+backward is lowered (not compiled or run) at L = 16384 with small batch and
+widths, and every floating-point tensor type in the lowered StableHLO is checked: none may have
+as many elements as the per-token state materialised over the sequence (B·L·D·N for the
+selective scan, B·L·H·P·N for SSD, B·L·H·K·V for linear attention and LightNet), and none may
+have two axes of length L. Softmax attention has no non-materialising path (its XLA form builds
+the [B, H, L, L] logits), so it is not among them.
+"""
+
+# B batch, L length, D channels, N state, H heads, P head dim, K key dim, V value dim
+
+import math
+import re
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from jaxdiv.models.attention.lightnet import lightnet_attention
+from jaxdiv.models.attention.linear import linear_attention
+from jaxdiv.models.ssm.selective_scan import selective_scan
+from jaxdiv.models.ssm.ssd import ssd
+
+L = 16384
+_FLOAT_TENSOR = re.compile(r"tensor<((?:\d+x)+)(f16|bf16|f32|f64)>")
+
+
+def _spec(*shape):
+    return jax.ShapeDtypeStruct(shape, jnp.float32)
+
+
+def _float_shapes(text: str) -> set[tuple[int, ...]]:
+    return {
+        tuple(int(d) for d in dims.rstrip("x").split("x"))
+        for dims, _ in _FLOAT_TENSOR.findall(text)
+    }
+
+
+def _fwd_bwd_text(fn, args) -> str:
+    def loss(*a):
+        return jnp.sum(jnp.square(fn(*a)))
+
+    grad = jax.grad(loss, argnums=tuple(range(len(args))))
+    return jax.jit(grad).lower(*args).as_text()
+
+
+# (name, op, abstract args, elements of the per-token state over the sequence)
+CASES = [
+    (
+        "selective_scan chunked",
+        lambda u, d, A, B, C: selective_scan(u, d, A, B, C, delta_softplus=True, method="chunked"),
+        (_spec(1, L, 16), _spec(1, L, 16), _spec(16, 8), _spec(1, L, 8), _spec(1, L, 8)),
+        1 * L * 16 * 8,
+    ),
+    (
+        "ssd chunked",
+        lambda x, dt, A, B, C: ssd(x, dt, A, B, C, method="chunked"),
+        (_spec(1, L, 2, 16), _spec(1, L, 2), _spec(2), _spec(1, L, 1, 16), _spec(1, L, 1, 16)),
+        1 * L * 2 * 16 * 16,
+    ),
+    (
+        "linear_attention chunked (per-head decay)",
+        lambda q, k, v, g: linear_attention(q, k, v, log_decay=g, method="chunked"),
+        (_spec(1, L, 2, 32), _spec(1, L, 2, 32), _spec(1, L, 2, 32), _spec(1, L, 2)),
+        1 * L * 2 * 32 * 32,
+    ),
+    (
+        "linear_attention chunked (no decay)",
+        lambda q, k, v: linear_attention(q, k, v, method="chunked"),
+        (_spec(1, L, 2, 32), _spec(1, L, 2, 32), _spec(1, L, 2, 32)),
+        1 * L * 2 * 32 * 32,
+    ),
+    (
+        "lightnet chunked (the block's chunk 16)",
+        lambda q, k, v: lightnet_attention(q, k, v, method="chunked", chunk_size=16),
+        (_spec(1, L, 2, 32), _spec(1, L, 2, 32), _spec(1, L, 2, 32)),
+        1 * L * 2 * 32 * 32,
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "fn", "args", "state"), CASES, ids=[c[0] for c in CASES])
+def test_no_per_token_state_and_no_length_squared(name, fn, args, state):
+    shapes = _float_shapes(_fwd_bwd_text(fn, args))
+    assert shapes, f"{name}: no float tensor types parsed from the lowered text"
+    too_big = sorted(s for s in shapes if math.prod(s) >= state)
+    assert not too_big, f"{name}: tensors with >= {state} elements: {too_big}"
+    squares = sorted(s for s in shapes if s.count(L) >= 2)
+    assert not squares, f"{name}: tensors with an [L, L] pair of axes: {squares}"
+
+
+def test_parser_sees_a_materialised_state():
+    """The check bites: the associative selective scan holds [B, L, N, D] in its lowered text."""
+    args = (_spec(1, 256, 4), _spec(1, 256, 4), _spec(4, 2), _spec(1, 256, 2), _spec(1, 256, 2))
+
+    def fn(u, d, A, B, C):
+        return selective_scan(u, d, A, B, C, method="associative")
+
+    shapes = _float_shapes(_fwd_bwd_text(fn, args))
+    assert any(math.prod(s) >= 256 * 4 * 2 for s in shapes)
+
+
+def test_benchmark_counters_scale_loops_by_their_trip_counts():
+    """``benchmarks.accelerators``' counters: a 100-step scan of a 64³ matmul is 100 matmuls
+    (XLA's own cost analysis counts the loop body once), and with trip counts set to 1 the
+    byte counter agrees with XLA's."""
+    accelerators = pytest.importorskip("benchmarks.accelerators")
+
+    def fn(x):
+        return jax.lax.scan(lambda c, _: (c @ x, None), x, None, length=100)[0]
+
+    x = _spec(64, 64)
+    cost = accelerators.measure(fn, x)
+    assert cost.dot_flops == 100 * 2 * 64**3
+    assert cost.steps == 100
+    assert cost.xla_flops < 2 * 2 * 64**3  # the body once
+    assert 0.9 <= cost.bytes_untripped / cost.xla_bytes <= 1.1
+    assert cost.bytes > 50 * cost.bytes_untripped
