@@ -4,11 +4,6 @@ Compile-only, in its own process with 8 simulated CPU devices (``collectives_ana
 nothing runs, so it needs no accelerator, and a sharding regression shows as bytes.
 """
 
-import json
-import os
-import subprocess
-import sys
-
 from benchmarks import harness
 
 ABOUT = (
@@ -26,15 +21,7 @@ ABOUT = (
 
 def run(quick: bool) -> harness.Section:
     section = harness.Section("collectives", "Collective bytes per mesh shape", ABOUT)
-    command = [sys.executable, "-m", "benchmarks.collectives_analysis"]
-    out = subprocess.run(
-        command + (["--quick"] if quick else []),
-        env=dict(os.environ, JAX_PLATFORMS="cpu"),
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    result = json.loads(out.splitlines()[-1])
+    result = harness.run_on_simulated_devices("benchmarks.collectives_analysis", quick)
     table = section.table(
         "Collective result bytes of one train step (8 devices)",
         ["mesh", "MiB moved", "derived minimum MiB", "ratio", "by kind (MiB)", "compile s"],

@@ -9,7 +9,11 @@ record and the markdown report can be rebuilt from it alone.
 
 import dataclasses
 import importlib.util
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -233,3 +237,17 @@ def markdown_table(table: Table) -> str:
 
 def mib(nbytes: int | None) -> float | None:
     return None if nbytes is None else nbytes / 2**20
+
+
+def run_on_simulated_devices(module: str, quick: bool, devices: int = 8) -> dict:
+    """The JSON printed last by ``python -m <module> [--quick]``, run in its own process with
+    ``devices`` simulated CPU devices (forced before JAX starts there)."""
+    flags = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
+    out = subprocess.run(
+        [sys.executable, "-m", module] + (["--quick"] if quick else []),
+        env=dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu"),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return json.loads(out.splitlines()[-1])

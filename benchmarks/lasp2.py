@@ -5,11 +5,6 @@ nothing about real devices). The analysis runs in its own process (``lasp2_analy
 forces 8 CPU devices before JAX starts.
 """
 
-import json
-import os
-import subprocess
-import sys
-
 from benchmarks import harness
 
 ABOUT = (
@@ -26,16 +21,7 @@ ABOUT = (
 
 def run(quick: bool) -> harness.Section:
     section = harness.Section("lasp2", "LASP-2 sequence parallelism (8 simulated devices)", ABOUT)
-    flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    command = [sys.executable, "-m", "benchmarks.lasp2_analysis"] + (["--quick"] if quick else [])
-    out = subprocess.run(
-        command,
-        env=dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu"),
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    result = json.loads(out.splitlines()[-1])
+    result = harness.run_on_simulated_devices("benchmarks.lasp2_analysis", quick)
     table = section.table(
         "Per-device peak memory and collective traffic (forward+backward)",
         [
