@@ -131,16 +131,11 @@ def time_presets(steps: int) -> list[dict]:
     import jax
 
     from benchmarks import harness, training
-    from jaxdiv.train import config as train_config
     from jaxdiv.train.flops import peak_flops
 
     peak = peak_flops()
-    names = sorted(
-        train_config.preset_names(),
-        key=lambda n: training._teacher_preset(train_config.get_config(n)) is not None,
-    )
     rows, teachers = [], {}
-    for name in names:
+    for name in training.embedded_presets():
         row = {"preset": name, "matmul peak GFLOP/s (f32, 1024³, measured)": peak / 1e9}
         try:
             start = time.perf_counter()

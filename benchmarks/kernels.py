@@ -42,6 +42,7 @@ import numpy as np
 from flax import nnx
 
 from benchmarks import harness
+from benchmarks.training import embedded_presets
 from jaxdiv.models import SequenceClassifier
 from jaxdiv.models.common import MLP, Linear
 from jaxdiv.train import config as train_config
@@ -251,7 +252,7 @@ def _preset_layers():
     """{(rows, in, out): [(where, input shape)]} of every Linear and {(rows, d, hidden): ...} of
     every MLP in the presets' models (rows = B·L of the preset; B for a classifier's head)."""
     linears, mlps = collections.defaultdict(list), collections.defaultdict(list)
-    for preset in train_config.preset_names():
+    for preset in embedded_presets():  # distill_hf needs the user's teacher and text
         config = train_config.get_config(preset)
         task = task_of(config)
         model = nnx.eval_shape(lambda c=config, t=task: build_model(c, t, rngs=nnx.Rngs(0)))
