@@ -8,7 +8,12 @@ The roofline times are *estimates* for machines we do not have, with their assum
    where the mixer has one) per mixer, d_model = 1024 (d_inner = 2048, N = 16, bfloat16
    compute, float32 parameters), B = 8, L = 2048 (quick: B = 2, L = 512), forward+backward
    (gradient of sum(y²) in the parameters and the input). Mamba with the ``selective_scan``
-   method ``"auto"`` picks on GPU/TPU ("chunked") and with "sequential" (CPU's pick).
+   method ``"auto"`` picks on GPU/TPU ("chunked") and with "sequential" (CPU's pick). Softmax
+   attention with ``implementation="blockwise"`` (the flash form: what ``"auto"`` runs on TPU,
+   and on GPU where cuDNN does not apply; passed explicitly, since this runs on the CPU) and
+   with ``"reference"`` (the dense [B, H, L, L] scores, CPU's pick). cuDNN flash attention,
+   ``"auto"``'s pick on an NVIDIA GPU for these unmasked bf16 inputs, is a GPU custom call
+   that the CPU cannot compile, so it has no row.
 2. Scan ops alone at the same sizes (bfloat16 inputs, state math in float32 as the ops do):
    ``selective_scan`` chunked / sequential and Mamba-2's ``ssd`` chunked (32 heads of 64
    channels, one group of B, C), forward and forward+backward, next to the CUDA Mamba
@@ -333,7 +338,16 @@ MIXERS = (  # (label, mixer name, LMConfig overrides)
     ("Mamba-2, SSD chunked", "mamba2", {}),
     ("linear attention, chunked", "linear_attention", {}),
     ("LightNet, chunked", "lightnet", {}),
-    ("softmax attention", "attention", {}),
+    (
+        "softmax attention, reference (dense [L, L]; auto on CPU)",
+        "attention",
+        {"attention_implementation": "reference"},
+    ),
+    (
+        "softmax attention, blockwise (auto on TPU; GPU when cuDNN does not apply)",
+        "attention",
+        {"attention_implementation": "blockwise"},
+    ),
 )
 
 
@@ -458,7 +472,8 @@ def _blocks(section: harness.Section, batch: int, length: int) -> list[Cost]:
     table = section.table(
         f"Mixer blocks (norm + mixer + MLP where it has one), forward+backward, B={batch}, "
         f"L={length}, d_model={D_MODEL}, N={STATE}, bf16 compute: compiled-HLO counts and "
-        "roofline estimates",
+        "roofline estimates (softmax attention: the accelerator path, implementation="
+        '"blockwise" with 512×512 blocks, next to the dense reference)',
         ["block", *_COLUMNS],
     )
     costs = []
@@ -560,6 +575,19 @@ def run(quick: bool) -> harness.Section:
         "Check of the byte counter: with every trip count set to 1 it gives "
         f"{min(checks):.2f}–{max(checks):.2f}× the bytes of XLA's `cost_analysis` over these "
         "programs (XLA refines fusions' operand use further than the counter does)."
+    )
+    dense, flash = blocks[-2], blocks[-1]  # the two softmax attention rows (MIXERS' order)
+    section.note(
+        "Softmax attention block, blockwise (flash) vs the dense reference at "
+        f"B={batch}, L={length}: temporaries {flash.temp_bytes / 2**20:.0f} vs "
+        f"{dense.temp_bytes / 2**20:.0f} MiB ({flash.temp_bytes / dense.temp_bytes:.2f}×), "
+        f"bytes accessed {flash.bytes / 1e9:.2f} vs {dense.bytes / 1e9:.2f} GB, "
+        f"{flash.flops / 1e9:.0f} vs {dense.flops / 1e9:.0f} GFLOP (block pairs entirely above "
+        f"the causal diagonal are skipped; L ≤ 512 is one pair), {flash.steps} vs "
+        f"{dense.steps} loop steps (one per 512×512 block pair, forward and backward). The "
+        "blockwise program holds no [L, L] "
+        "array (tests/models/test_accelerator_hlo.py checks its lowering at L = 16384); the "
+        "rest of its temporaries are the layer's MLP and projections."
     )
     mamba2 = blocks[2]
     share = mamba2.dot_flops / mamba2.flops

@@ -9,7 +9,9 @@ measured 0.5–36 s a call at L=4k on the shared 2-core machine against 0.5–0.
 chunked form on 1 and 2 threads (chunk 64: masked matmul inside each chunk plus the exclusive
 prefix sum of the chunk states). Each peer's output and gradients must match ours to 1e-4
 (relative to the largest entry) at L=256 before it is timed.
-Also the old ``bench_linear_attention`` measurements: ``chunk_size`` with no and per-head decay.
+Also the old ``bench_linear_attention`` measurements: ``chunk_size`` with no and per-head decay,
+and softmax attention's blockwise (flash) implementation against its dense reference on this CPU
+(forward+backward time and compiled temporaries, causal, same process).
 Targets: chunked ≥ 10× faster than the PyTorch loop at L=4k; chunked ≥ 4× faster than our
 recurrent ``lax.scan`` at L=4k; (full) chunked time(16k) ≤ 4.5 × time(4k).
 """
@@ -250,6 +252,7 @@ def run(quick: bool) -> harness.Section:
             record(name, length, timed(section, f"{name} at L={length}", call, quick, repeats))
 
     chunk_sizes(section, quick, repeats)
+    blockwise_vs_reference(section, quick, repeats)
 
     ours = times["ours chunked", 4096]
     loop = times.get((f"PyTorch loop ({LOOP_THREADS} thread)", 4096))
@@ -324,3 +327,49 @@ def chunk_sizes(section: harness.Section, quick: bool, repeats: int) -> None:
                     "÷ chunk 64 (decay)": decayed / rows[64][1],
                 }
             )
+
+
+def softmax_grad(implementation: str):
+    """The gradient in (q, k, v) of sum(o·w) for causal ``softmax_attention``."""
+
+    def loss(q, k, v, w):
+        return jnp.sum(softmax_attention(q, k, v, implementation=implementation) * w)
+
+    return jax.grad(loss, argnums=(0, 1, 2))
+
+
+def blockwise_vs_reference(section: harness.Section, quick: bool, repeats: int) -> None:
+    """Softmax attention, ``"blockwise"`` vs ``"reference"``: fwd+bwd time and temporaries."""
+    table = section.table(
+        'Softmax attention on this CPU, implementation="blockwise" (512×512 blocks, the '
+        'accelerator path) vs "reference" (dense [B, H, L, L] scores, CPU\'s "auto"), causal, '
+        f"forward+backward, B={BATCH}, H={HEADS}, d={DIM}, float32 "
+        "(ratio = blockwise / reference)",
+        [
+            "L",
+            "reference ms",
+            "blockwise ms",
+            "time ratio",
+            "reference temp MiB",
+            "blockwise temp MiB",
+            "temp ratio",
+        ],
+    )
+    for length in (2048,) if quick else (2048, 4096):
+        q, k, v, w, _ = inputs(length)
+        runs = {
+            name: harness.time_jax(softmax_grad(name), q, k, v, w, repeats=repeats)
+            for name in ("reference", "blockwise")
+        }
+        ref, flash = runs["reference"], runs["blockwise"]
+        table.add(
+            **{
+                "L": length,
+                "reference ms": ref.timing,
+                "blockwise ms": flash.timing,
+                "time ratio": flash.timing / ref.timing,
+                "reference temp MiB": harness.mib(ref.temp_bytes),
+                "blockwise temp MiB": harness.mib(flash.temp_bytes),
+                "temp ratio": flash.temp_bytes / ref.temp_bytes,
+            }
+        )

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxdiv.models.attention.softmax import check_implementation
 from jaxdiv.models.common import MLP, Linear, RMSNorm, dense, logical_param
 from jaxdiv.models.registry import get_mixer, mixer_names
 from jaxdiv.models.sharding import constrain
@@ -59,6 +60,12 @@ class LMConfig:
     biases, as Qwen2) and ``rope_theta`` (the RoPE base) configure the ``"attention"`` mixer;
     ``mlp_hidden`` sets the MLP width explicitly (None = ``int(mlp_ratio * d_model)``).
 
+    ``attention_implementation`` is the ``softmax_attention`` implementation of the
+    ``"attention"`` layers (``jaxdiv.models.attention.softmax.IMPLEMENTATIONS``): ``"auto"``
+    runs the dense reference on CPU, cuDNN flash attention on an NVIDIA GPU where the inputs
+    qualify (bf16/fp16, no padding mask or segment ids) and the blockwise (flash) form
+    elsewhere; ``"blockwise"`` never holds an [L, L] array on any backend.
+
     Examples:
         >>> from jaxdiv.models import LMConfig
         >>> LMConfig(vocab_size=17, d_model=16, n_layers=2, mixer=("mamba", "attention")).mixers
@@ -91,6 +98,7 @@ class LMConfig:
     attention_bias: bool = False
     mlp_hidden: int | None = None
     rope_theta: float = 10000.0
+    attention_implementation: str = "auto"  # softmax_attention(..., implementation=...)
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers"):
@@ -128,6 +136,7 @@ class LMConfig:
                 raise ValueError(f"LMConfig.{name} must be None or an int >= {low}, got {value!r}.")
         if not self.rope_theta > 0:
             raise ValueError(f"LMConfig.rope_theta must be positive, got {self.rope_theta!r}.")
+        check_implementation(self.attention_implementation, "LMConfig.attention_implementation")
         for name in ("dtype", "param_dtype"):
             try:
                 jnp.dtype(getattr(self, name))

@@ -162,6 +162,7 @@ register_mixer(
             num_kv_heads=c.num_kv_heads,
             qkv_bias=c.attention_bias,
             rope_base=c.rope_theta,
+            implementation=c.attention_implementation,
             **kw,
         ),
         "keys and values [B, T, H, d] and the position index",

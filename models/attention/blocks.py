@@ -26,7 +26,13 @@ from jaxdiv.models.sharding import sequence_mesh
 from .lightnet import LightNetState, init_lightnet_state, lightnet_attention
 from .linear import linear_attention
 from .parallel import lasp2_lightnet_attention, lasp2_linear_attention, lasp2h_attention
-from .softmax import KVCache, attend_with_cache, init_kv_cache, softmax_attention
+from .softmax import (
+    KVCache,
+    attend_with_cache,
+    check_implementation,
+    init_kv_cache,
+    softmax_attention,
+)
 
 _FEATURE_MAPS = {
     "identity": lambda x: x,
@@ -214,6 +220,10 @@ class AttentionBlock(nnx.Module):
       qkv_bias: give the q, k, v projections biases (Qwen2); ``o_proj`` has none.
       rope: apply rotary position embeddings to q and k (needs an even d).
       rope_base: RoPE frequency base (Hugging Face ``rope_theta``).
+      implementation: the ``softmax_attention`` implementation of :meth:`__call__` (and of
+        LASP-2H's local attention): ``"auto"`` (dense on CPU; cuDNN or ``"blockwise"`` on GPU,
+        ``"blockwise"`` on TPU), ``"reference"``, ``"blockwise"``, ``"cudnn"``, ``"xla"`` or
+        ``"splash"``. Decoding (:meth:`step`) attends one query to the cache densely.
       dtype: compute dtype of the projections (default: promote input and parameters); the
         output has ``dtype`` or, when None, the input's dtype. Softmax math is float32.
       param_dtype: storage dtype of the parameters.
@@ -241,12 +251,14 @@ class AttentionBlock(nnx.Module):
         qkv_bias: bool = False,
         rope: bool = True,
         rope_base: float = 10000.0,
+        implementation: str = "auto",
         sequence_axis: str | None = None,
         dtype=None,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
         d_model, num_heads, head_dim = _head_sizes(d_model, num_heads, head_dim)
+        self.implementation = check_implementation(implementation)
         if rope and head_dim % 2:
             raise ValueError(f"`rope=True` needs an even `head_dim`, got head_dim={head_dim}.")
         checks.positive(rope_base, "rope_base")
@@ -291,9 +303,17 @@ class AttentionBlock(nnx.Module):
                     "Padding masks (`where`) and `segment_ids` are not supported with the "
                     "sequence sharded; pass None for both."
                 )
-            return lasp2h_attention(q, k, v, mesh=mesh, axis_name=self.sequence_axis)
+            return lasp2h_attention(
+                q, k, v, mesh=mesh, axis_name=self.sequence_axis, implementation=self.implementation
+            )
         return softmax_attention(
-            q, k, v, causal=True, where=where, segment_ids=segment_ids
+            q,
+            k,
+            v,
+            causal=True,
+            where=where,
+            segment_ids=segment_ids,
+            implementation=self.implementation,
         )  # [B, L, H, K]
 
     def __call__(self, x, *, where=None, segment_ids=None) -> jax.Array:

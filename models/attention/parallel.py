@@ -23,7 +23,7 @@ from .linear import (
     linear_attention_chunk_state,
     linear_attention_inter,
 )
-from .softmax import softmax_attention
+from .softmax import check_implementation, softmax_attention
 
 # --- linear attention (LASP-2) ------------------------------------------------------------------
 
@@ -267,7 +267,15 @@ def lasp2_lightnet_attention(
 
 
 def lasp2h_attention(
-    q, k, v, *, mesh, axis_name: str = "sequence", causal: bool = True, scale=None
+    q,
+    k,
+    v,
+    *,
+    mesh,
+    axis_name: str = "sequence",
+    causal: bool = True,
+    scale=None,
+    implementation: str = "auto",
 ) -> jax.Array:
     r"""Sequence-parallel softmax attention (LASP-2H): all-gather K and V, attend locally.
 
@@ -289,6 +297,11 @@ def lasp2h_attention(
       axis_name: the mesh axis the sequence is split over; L must be a multiple of its size.
       causal: apply the causal mask (False: every query sees every key).
       scale: s, default d^−½.
+      implementation: ``softmax_attention``'s implementation for the local attention (the
+        local queries against all gathered keys). ``"blockwise"`` keeps every shard from
+        holding [L / W, L] scores. Causal, ``"auto"`` picks it off the CPU (the rotated keys
+        come with an offset causal mask and a ``where``, which cuDNN cannot take); the
+        bidirectional form may go to cuDNN.
 
     Returns:
       [B, L, H, dv] in v's dtype.
@@ -308,6 +321,7 @@ def lasp2h_attention(
       Hybrid", https://arxiv.org/abs/2502.07563, Section 3.3 (LASP-2H).
     """
     q, k, v = _check_qkv(q, k, v)
+    check_implementation(implementation)
     B, L, H, _ = q.shape
     batch, tensor = shard_layout(mesh, axis_name, L, B, H)
     spec = P_(batch, axis_name, tensor, None)
@@ -316,7 +330,9 @@ def lasp2h_attention(
         k = lax.all_gather(k, axis_name, axis=1, tiled=True)  # [B, L·W, H, d]
         v = lax.all_gather(v, axis_name, axis=1, tiled=True)
         if not causal:
-            return softmax_attention(q, k, v, causal=False, scale=scale)
+            return softmax_attention(
+                q, k, v, causal=False, scale=scale, implementation=implementation
+            )
         local, total = q.shape[1], k.shape[1]
         index = lax.axis_index(axis_name)
         # Rotate so that shard i ends the key axis: [later shards | shards 0 … i].
@@ -324,6 +340,8 @@ def lasp2h_attention(
         k, v = (jnp.roll(x, shift, axis=1) for x in (k, v))
         where = jnp.arange(total) >= shift  # [S] keys of shards ≤ i
         where = jnp.broadcast_to(where[None], (q.shape[0], total))  # [B, S]
-        return softmax_attention(q, k, v, causal=True, scale=scale, where=where)
+        return softmax_attention(
+            q, k, v, causal=True, scale=scale, where=where, implementation=implementation
+        )
 
     return jax.shard_map(body, mesh=mesh, in_specs=(spec,) * 3, out_specs=spec)(q, k, v)

@@ -4,8 +4,10 @@ Each op's forward+backward is lowered (not compiled or run) at L = 16384 with sm
 widths, and every floating-point tensor type in the lowered StableHLO is checked: none may have
 as many elements as the per-token state materialised over the sequence (B·L·D·N for the
 selective scan, B·L·H·P·N for SSD, B·L·H·K·V for linear attention and LightNet), and none may
-have two axes of length L. Softmax attention has no non-materialising path (its XLA form builds
-the [B, H, L, L] logits), so it is not among them.
+have two axes of length L. Softmax attention is here in its blockwise (flash) form, alone and
+inside the attention block (its dense "reference" form builds the [B, H, L, L] logits); it has
+no per-token state, so its bound is the scores of every query against 2048 keys (L·2048; a
+blockwise step holds [B, H, 512, 512]).
 """
 
 # B batch, L length, D channels, N state, H heads, P head dim, K key dim, V value dim
@@ -16,9 +18,12 @@ import re
 import jax
 import jax.numpy as jnp
 import pytest
+from flax import nnx
 
+from jaxdiv.models.attention.blocks import AttentionBlock
 from jaxdiv.models.attention.lightnet import lightnet_attention
 from jaxdiv.models.attention.linear import linear_attention
+from jaxdiv.models.attention.softmax import softmax_attention
 from jaxdiv.models.ssm.selective_scan import selective_scan
 from jaxdiv.models.ssm.ssd import ssd
 
@@ -44,6 +49,19 @@ def _fwd_bwd_text(fn, args) -> str:
     grad = jax.grad(loss, argnums=tuple(range(len(args))))
     return jax.jit(grad).lower(*args).as_text()
 
+
+def _attention_block(d_model: int, heads: int):
+    """(fn(params, x), abstract params) of an AttentionBlock with blockwise attention."""
+    block = nnx.eval_shape(
+        lambda: AttentionBlock(
+            d_model, num_heads=heads, implementation="blockwise", rngs=nnx.Rngs(0)
+        )
+    )
+    graphdef, params = nnx.split(block)
+    return (lambda p, x: nnx.merge(graphdef, p)(x)), params
+
+
+_BLOCK, _BLOCK_PARAMS = _attention_block(64, 1)
 
 # (name, op, abstract args, elements of the per-token state over the sequence)
 CASES = [
@@ -76,6 +94,18 @@ CASES = [
         lambda q, k, v: lightnet_attention(q, k, v, method="chunked", chunk_size=16),
         (_spec(1, L, 2, 32), _spec(1, L, 2, 32), _spec(1, L, 2, 32)),
         1 * L * 2 * 32 * 32,
+    ),
+    (
+        "softmax_attention blockwise",
+        lambda q, k, v: softmax_attention(q, k, v, implementation="blockwise"),
+        (_spec(1, L, 1, 64), _spec(1, L, 1, 64), _spec(1, L, 1, 64)),
+        1 * L * 2048,
+    ),
+    (
+        "AttentionBlock blockwise (d_model 64, one head)",
+        _BLOCK,
+        (_BLOCK_PARAMS, _spec(1, L, 64)),
+        1 * L * 2048,
     ),
 ]
 

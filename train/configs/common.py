@@ -32,6 +32,9 @@ def base_config() -> ml_collections.ConfigDict:
         # Rematerialisation per layer: "none", "block", "mixer_only" or a
         # jax.checkpoint_policies name (jaxdiv.models.lm.REMAT_POLICIES).
         "remat": "none",
+        # Softmax attention layers: "auto" = dense on CPU, cuDNN or blockwise (flash) on GPU,
+        # blockwise on TPU; "blockwise" never holds an [L, L] array (softmax_attention).
+        "attention_implementation": "auto",
     }
     c.optimizer = {
         "name": "adamw",
