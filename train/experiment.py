@@ -38,6 +38,7 @@ RESUMABLE_KEYS = (
     "eval_every",
     "keep_checkpoints",
     "progress",
+    "model.attention_implementation",  # the same function, computed another way
 )
 
 
@@ -387,6 +388,12 @@ def build(config, workdir=None, *, mesh=None, teacher: Trained | None = None) ->
     if teacher is None and (objective.needs_teacher or (path and Path(path).exists())):
         teacher = load_teacher(config, mesh)  # an existing teacher also scores the baseline
     if teacher is not None:
+        teacher_kind = "lm" if teacher.config is None else task_of(teacher.config).kind
+        if teacher_kind != task.kind:
+            raise ValueError(
+                f"the teacher was trained on a {teacher_kind} task and the student's task is "
+                f"{task.kind}; distillation needs a teacher of the same kind of task."
+            )
         vocab = teacher.lm_config.vocab_size
         if vocab < task.vocab_size:
             raise ValueError(

@@ -15,6 +15,9 @@ Terms (a weight of 0 switches a term off):
          + weight · mean_tokens D(student ‖ teacher; T)       (any registry divergence)
          + sinkhorn_weight · SinKD(subsampled token rows)
          + feature_weight · Σ_layers mean_tokens ‖h_s − h_t‖² / D   (feature distillation)
+
+A classification task (digits) is distilled per sequence: its rows are the class logits
+[B, C] of each sequence (``output_mask``), for CE, the divergence and SinKD alike.
 """
 
 import dataclasses
@@ -39,10 +42,16 @@ def entropy(logits: jax.Array) -> jax.Array:
     return -jnp.sum(jnp.where(log_p > -jnp.inf, jnp.exp(log_p) * log_p, 0.0), axis=-1)
 
 
+def output_mask(batch: Mapping, kind: str) -> jax.Array:
+    """Which outputs are real: LM ``mask`` [B, L] (one prediction per token); classification
+    [B] (one per sequence; padding rows of an eval batch have an all-False mask)."""
+    return jnp.any(batch["mask"], axis=-1) if kind == "classification" else batch["mask"]
+
+
 def task_loss(logits: jax.Array, batch: Mapping, kind: str) -> tuple[jax.Array, dict]:
     """Masked mean cross-entropy (LM: per token vs targets; classification: per sequence)."""
     if kind == "classification":
-        rows = jnp.any(batch["mask"], axis=-1)  # padding rows (eval) have an all-False mask
+        rows = output_mask(batch, kind)
         ce = optax.losses.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
         correct = (jnp.argmax(logits, -1) == batch["labels"]).astype(jnp.float32)
         return jaxdiv.masked_mean(ce, rows), {"accuracy": jaxdiv.masked_mean(correct, rows)}
@@ -90,8 +99,9 @@ class Objective:
         """The objective of ``config`` (its ``distill`` section) for a task of ``kind``.
 
         Every distillation setting is checked here, before anything compiles: an unknown
-        divergence, a temperature (or the end of its schedule) ≤ 0, distillation of a
-        classification task.
+        divergence, a temperature (or the end of its schedule) ≤ 0. A classification task is
+        distilled per sequence: the divergence (and SinKD) compare the student's and the
+        teacher's class logits [B, C], one row per sequence.
         """
         distill = config.get("distill")
         if distill is None:
@@ -101,8 +111,6 @@ class Objective:
                 f"config.distill.divergence={distill.divergence!r} is not a registered "
                 f"divergence; expected one of {list(jaxdiv.names())}."
             )
-        if kind != "lm":
-            raise ValueError("config.distill is supported for language-model tasks only.")
         end = distill.get("temperature_end")
         return cls(
             kind=kind,
@@ -143,7 +151,7 @@ class Objective:
         return self.temperature + frac * (self.temperature_end - self.temperature)
 
     def _sinkhorn(self, student_logits, teacher_logits, mask, rng) -> jax.Array:
-        """SinKD on a random subset of the masked token rows (its cost is O(rows²))."""
+        """SinKD on a random subset of the masked rows, tokens or sequences (cost O(rows²))."""
         vocab = student_logits.shape[-1]
         s, t = student_logits.reshape(-1, vocab), teacher_logits.reshape(-1, vocab)
         rows = min(self.sinkhorn_rows, s.shape[0])
@@ -169,7 +177,7 @@ class Objective:
         loss = self.task_weight * loss
         if teacher_logits is None:
             return loss, metrics
-        mask = batch["mask"]
+        mask = output_mask(batch, self.kind)  # one row per token (LM) or sequence (classes)
         temperature = self.temperature_at(step)
         metrics["temperature"] = temperature
         if self.divergence is not None and self.weight:
@@ -184,8 +192,8 @@ class Objective:
         if self.feature_weight:
             if features is None or teacher_features is None:
                 raise ValueError("feature distillation needs `features` and `teacher_features`.")
-            metrics["features"] = sum(
-                feature_distance(features[name], teacher_features[name], mask)
+            metrics["features"] = sum(  # hidden states are per token in both kinds of task
+                feature_distance(features[name], teacher_features[name], batch["mask"])
                 for name in self.feature_layers
             )
             loss = loss + self.feature_weight * metrics["features"]

@@ -15,7 +15,7 @@ import optax
 from flax import nnx
 
 import jaxdiv
-from jaxdiv.train.objective import Objective, task_loss
+from jaxdiv.train.objective import Objective, output_mask, task_loss
 
 
 def forward(graphdef, params, batch, *, features: bool = False):
@@ -74,7 +74,8 @@ def make_train_step(
     def teacher_loss(teacher_params, student_logits, batch):
         logits, _ = forward(teacher_graphdef, teacher_params, batch)
         ce, _ = task_loss(logits, batch, objective.kind)
-        reg = jaxdiv.masked_mean(jaxdiv.reverse_kl(logits, student_logits), batch["mask"])
+        reg = jaxdiv.reverse_kl(logits, student_logits)
+        reg = jaxdiv.masked_mean(reg, output_mask(batch, objective.kind))
         return ce + objective.teacher_weight * reg, {"teacher_ce": ce}
 
     def grads_of(state, batch, teacher_params, rng):
@@ -150,7 +151,7 @@ def make_eval_step(graphdef, objective: Objective, *, teacher_graphdef=None) -> 
         if teacher_graphdef is not None:
             teacher_logits, _ = forward(teacher_graphdef, teacher_params, batch)
             metrics["kl_to_teacher"] = jaxdiv.masked_mean(
-                jaxdiv.forward_kl(logits, teacher_logits), batch["mask"]
+                jaxdiv.forward_kl(logits, teacher_logits), output_mask(batch, objective.kind)
             )
         return metrics
 

@@ -11,6 +11,7 @@ import optax
 import pytest
 from flax import nnx
 
+import jaxdiv
 from jaxdiv.models import LanguageModel, LMConfig
 from jaxdiv.train.config import get_config
 from jaxdiv.train.data import get_task
@@ -105,9 +106,30 @@ def test_bad_distill_settings_fail_at_config_time(distill, message):
         Objective.from_config(_distill_config(**distill), "lm")
 
 
-def test_distilling_a_classifier_is_rejected():
-    with pytest.raises(ValueError, match="language-model tasks only"):
-        Objective.from_config(_distill_config(), "classification")
+def test_classifier_is_distilled_per_sequence(allow_rank_promotion):
+    """Classification: CE and the divergence are means over the real sequences (an all-False
+    mask row is eval padding), and SinKD takes one row per sequence."""
+    rng = np.random.default_rng(3)
+    mask = np.ones((4, 6), bool)
+    mask[3] = False  # a padding row
+    batch = {"tokens": np.zeros((4, 6), np.int32), "labels": np.array([1, 0, 2, 1]), "mask": mask}
+    s, t = (rng.normal(size=(4, 3)).astype(np.float32) * 2 for _ in range(2))
+    s[3], t[3] = np.nan, -np.inf  # padding never reaches the loss
+    objective = Objective.from_config(
+        _distill_config(divergence="forward_kl", weight=0.6, task_weight=0.4, sinkhorn_weight=0.1),
+        "classification",
+    )
+    loss, metrics = objective.loss(
+        jnp.asarray(s), batch, step=0, rng=jax.random.key(0), teacher_logits=jnp.asarray(t)
+    )
+    log_p, log_t = _log_softmax64(s[:3]), _log_softmax64(t[:3])
+    ce = -log_p[np.arange(3), batch["labels"][:3]].mean()
+    fkl = np.sum(np.exp(log_t) * (log_t - log_p), -1).mean()
+    sinkd = jaxdiv.sinkhorn_kd(jnp.asarray(s[:3]), jnp.asarray(t[:3]))
+    np.testing.assert_allclose(metrics["ce"], ce, rtol=1e-5)
+    np.testing.assert_allclose(metrics["divergence"], fkl, rtol=1e-5)
+    np.testing.assert_allclose(metrics["sinkhorn"], sinkd, rtol=1e-5)
+    np.testing.assert_allclose(loss, 0.4 * ce + 0.6 * fkl + 0.1 * sinkd, rtol=1e-5)
 
 
 def test_feature_layers_must_exist_with_equal_widths():

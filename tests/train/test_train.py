@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxdiv.models import LanguageModel
+from jaxdiv.models import LanguageModel, SequenceClassifier
 from jaxdiv.train import get_config, load_model, run
 from jaxdiv.train.config import apply_overrides, preset_names, smoke_config
+from jaxdiv.train.configs.common import distill_config
 from jaxdiv.train.data import get_task
 from jaxdiv.train.experiment import model_config
 from jaxdiv.train.metrics import read_metrics
@@ -141,6 +142,37 @@ def test_distill_step(distill, teacher_dir, tmp_path, allow_rank_promotion):
         assert np.isfinite(first["teacher_loss"])
     if d.get("temperature_end") is not None:
         assert records[-1]["temperature"] == d.temperature_end
+
+
+def test_distill_a_digits_classifier(teacher_dir, tmp_path, allow_rank_promotion):
+    """A digits student distilled from a digits teacher: the logged loss of step 1 is
+    task_weight·CE + weight·KL(teacher ‖ student) + sinkhorn_weight·SinKD over the class
+    logits of each image; the eval KL to the teacher is per image. An LM teacher is refused."""
+    teacher_workdir = tmp_path / "teacher"
+    run(tiny("digits", **{"model.n_layers": 1}), teacher_workdir)
+    config = distill_config(tiny("digits", **{"model.n_layers": 1}))
+    config.model.d_model = 8  # a smaller student
+    config.distill.teacher, config.distill.task_weight = str(teacher_workdir), 0.3
+    config.distill.sinkhorn_weight = 0.01
+    result = run(config, tmp_path / "student")
+    assert np.isfinite(result["eval_kl_to_teacher"]) and result["eval_kl_to_teacher"] > 0
+    first = next(r for r in read_metrics(tmp_path / "student") if r["split"] == "train")
+
+    task = get_task("digits")
+    batch = task.train_batch(config.seed, 0, config.batch_size)
+    student = SequenceClassifier(model_config(config, 17), 10, rngs=nnx.Rngs(config.seed))
+    teacher, _ = load_model(teacher_workdir)
+    log_s, log_t = (_log_softmax64(m(batch["tokens"])) for m in (student, teacher))
+    ce = -log_s[np.arange(len(log_s)), batch["labels"]].mean()
+    kl = _kl64(log_t, log_s).mean()
+    np.testing.assert_allclose(first["ce"], ce, rtol=1e-5)
+    np.testing.assert_allclose(first["divergence"], kl, rtol=1e-4)
+    expected = 0.3 * ce + kl + 0.01 * first["sinkhorn"]
+    np.testing.assert_allclose(first["loss"], expected, rtol=1e-4)
+
+    config.distill.teacher = str(teacher_dir)  # a byte-level LM
+    with pytest.raises(ValueError, match="trained on a lm task and the student's task is"):
+        run(config, tmp_path / "mismatch")
 
 
 def test_same_loss_curve_on_every_mesh(tmp_path):
