@@ -1,11 +1,21 @@
 """Test configuration: 8 simulated CPU devices and strict rank promotion, set before JAX starts."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = " ".join(
     [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"]
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent compilation cache per test session, inherited by the subprocesses (CLI runs,
+# notebook kernels, multi-process tests): the many tiny train runs compile the same programs,
+# and a cache hit skips XLA. Fresh per session, so no stale executable survives a change.
+_COMPILATION_CACHE = tempfile.mkdtemp(prefix="jaxdiv-test-xla-cache-")
+atexit.register(shutil.rmtree, _COMPILATION_CACHE, ignore_errors=True)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _COMPILATION_CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
