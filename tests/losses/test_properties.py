@@ -326,9 +326,11 @@ def test_pinsker_and_hellinger_bounds(data):
     s, t = s / temperature, t / temperature
     tv = np.asarray(TV(s, t), np.float64)
     for kl in (FKL(s, t), RKL(s, t)):
-        # KL of near-equal rows can round to -1e-8: the bound is on its nonnegative value.
+        # A float32 KL is exact to ~1e-7 absolute (Σ p·(log p − log q) cancels near equality:
+        # logits 0 vs 0.001 give 1.7e-8 for the true 8e-8), so near 0 it can round below the
+        # bound or to -1e-8: Pinsker is checked as TV² ≤ KL/2 up to that float32 error.
         kl = np.maximum(np.asarray(kl, np.float64), 0.0)
-        assert (tv <= np.sqrt(kl / 2) + 1e-5).all(), (tv, kl)
+        assert (tv**2 <= kl / 2 + 1e-6).all(), (tv, kl)
     assert (np.asarray(HELLINGER(s, t)) <= tv + 1e-6).all()
     assert (tv <= 1 + 1e-6).all()
 
