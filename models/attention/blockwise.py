@@ -195,6 +195,21 @@ def _pad(x: jax.Array, length: int, value=0) -> jax.Array:
     return jnp.pad(x, widths, constant_values=value)
 
 
+def check_qkv(q, k, v) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """q [B, Lq, H, d], k [B, Lk, H, d], v [B, Lk, H, dv] as float arrays, or ValueError."""
+    q = checks.float_array(q, "q")
+    k = checks.float_array(k, "k")
+    v = checks.float_array(v, "v")
+    if q.ndim != 4 or k.ndim != 4:
+        raise ValueError(
+            f"`q` and `k` must have shape [B, L, H, d], got shapes {q.shape} and {k.shape}."
+        )
+    B, _, H, D = q.shape
+    checks.exact_shape(k, (B, k.shape[1], H, D), "k", "[B, Lk, H, d] matching q")
+    checks.exact_shape(v, (*k.shape[:3], v.shape[-1]), "v", "[B, Lk, H, dv] matching k")
+    return q, k, v
+
+
 def blockwise_attention(
     q: ArrayLike,
     k: ArrayLike,
@@ -269,17 +284,9 @@ def blockwise_attention(
       Dao, "FlashAttention-2: Faster Attention with Better Parallelism and Work Partitioning",
       https://arxiv.org/abs/2307.08691, Algorithm 1 (forward) and Algorithm 2 (backward).
     """
-    q = checks.float_array(q, "q")
-    k = checks.float_array(k, "k")
-    v = checks.float_array(v, "v")
-    if q.ndim != 4 or k.ndim != 4:
-        raise ValueError(
-            f"`q` and `k` must have shape [B, L, H, d], got shapes {q.shape} and {k.shape}."
-        )
+    q, k, v = check_qkv(q, k, v)
     B, Lq, H, D = q.shape
     Lk = k.shape[1]
-    checks.exact_shape(k, (B, Lk, H, D), "k", "[B, Lk, H, d] matching q")
-    checks.exact_shape(v, (*k.shape[:3], v.shape[-1]), "v", "[B, Lk, H, dv] matching k")
     block_size = checks.positive_int(block_size, "block_size")
     query_block_size = checks.positive_int(
         block_size if query_block_size is None else query_block_size, "query_block_size"

@@ -25,7 +25,7 @@ from jax.typing import ArrayLike, DTypeLike
 
 from jaxdiv import checks
 
-from .blockwise import blockwise_attention
+from .blockwise import blockwise_attention, check_qkv
 
 IMPLEMENTATIONS = ("auto", "reference", "blockwise", "cudnn", "xla", "splash")
 """The values of ``softmax_attention(..., implementation=...)`` and of
@@ -61,20 +61,6 @@ def _attend(q, k, v, mask, scale) -> jax.Array:
     total = jnp.sum(weights, axis=-1, keepdims=True)
     weights = weights / jnp.where(total > 0, total, 1.0)
     return jnp.einsum("bhls,bshd->blhd", weights, v.astype(dtype)).astype(v.dtype)
-
-
-def _check_qkv(q, k, v):
-    q = checks.float_array(q, "q")
-    k = checks.float_array(k, "k")
-    v = checks.float_array(v, "v")
-    if q.ndim != 4 or k.ndim != 4:
-        raise ValueError(
-            f"`q` and `k` must have shape [B, L, H, d], got shapes {q.shape} and {k.shape}."
-        )
-    B, _, H, D = q.shape
-    checks.exact_shape(k, (B, k.shape[1], H, D), "k", "[B, Lk, H, d] matching q")
-    checks.exact_shape(v, (*k.shape[:3], v.shape[-1]), "v", "[B, Lk, H, dv] matching k")
-    return q, k, v
 
 
 def check_implementation(implementation: str, name: str = "implementation") -> str:
@@ -388,7 +374,7 @@ def softmax_attention(
       Vaswani et al., "Attention Is All You Need", https://arxiv.org/abs/1706.03762, Eq. 1;
       Dao, "FlashAttention-2", https://arxiv.org/abs/2307.08691 (``"blockwise"``).
     """
-    q, k, v = _check_qkv(q, k, v)
+    q, k, v = check_qkv(q, k, v)
     check_implementation(implementation)
     Lq, Lk = q.shape[1], k.shape[1]
     if where is not None:
@@ -502,7 +488,7 @@ def attend_with_cache(
     References:
       Pope et al., "Efficiently Scaling Transformer Inference", https://arxiv.org/abs/2211.05102.
     """
-    q, k, v = _check_qkv(q, k, v)
+    q, k, v = check_qkv(q, k, v)
     checks.exact_shape(
         cache.k, (k.shape[0], cache.k.shape[1], *k.shape[2:]), "cache.k", "[B, T, H, d]"
     )
