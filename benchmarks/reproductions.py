@@ -83,11 +83,13 @@ class Runner:
         """The outcome of ``arm`` at ``seed`` (trained unless an identical run exists)."""
         overrides = [*claim.overrides, *arm.overrides, f"seed={seed}"]
         overrides += [*claim.quick] if self.quick else []
-        key = (claim.preset, tuple(overrides), claim.teacher, seed)
+        key = (claim.preset, tuple(overrides), claim.teacher, claim.evaluate, seed)
         if key in self.runs:
             return dict(self.runs[key], reused=True)
         with tempfile.TemporaryDirectory(dir=self.root) as workdir:
             metrics, seconds = train(claim.preset, overrides, Path(workdir), teacher=teacher)
+            if claim.evaluate is not None:
+                metrics = {**metrics, **claim.evaluate(Path(workdir), self.quick)}
         self.runs[key] = self.outcome(claim, metrics, seconds)
         return self.runs[key]
 

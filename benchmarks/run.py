@@ -58,8 +58,10 @@ def machine() -> dict:
     for name in ("jax", "jaxlib", "flax", "optax", "ott", "numpy", "torch", "transformers", "ot"):
         if harness.have(name):
             versions[name] = getattr(importlib.import_module(name), "__version__", "?")
+    # "<hash>-dirty" when the working tree differs from the commit (the numbers then come from
+    # code that no commit holds yet).
     commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+        ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, check=False
     ).stdout.strip()
     return {
         "date": datetime.date.today().isoformat(),

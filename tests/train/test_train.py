@@ -51,7 +51,9 @@ def teacher_dir(tmp_path_factory):
     return workdir
 
 
-@pytest.mark.parametrize("preset", ["pretrain_lm", "selective_copying", "digits"])
+@pytest.mark.parametrize(
+    "preset", ["pretrain_lm", "selective_copying", "induction_heads", "digits"]
+)
 def test_every_preset_trains(preset, tmp_path):
     result = run(tiny(preset), tmp_path)
     assert result["step"] == 4 and not result["preempted"]
@@ -64,9 +66,8 @@ def test_every_preset_trains(preset, tmp_path):
 
 
 def test_presets_are_listed():
-    assert {"pretrain_lm", "distill_lm", "distill_hf", "selective_copying", "digits"} <= set(
-        preset_names()
-    )
+    presets = ("pretrain_lm", "distill_lm", "distill_hf", "selective_copying", "induction_heads")
+    assert {*presets, "digits"} <= set(preset_names())
 
 
 def _log_softmax64(logits, temperature=1.0):
@@ -331,7 +332,8 @@ def test_sigterm_then_rerun_is_bitwise_equal_to_uninterrupted(data, tmp_path):
         (
             ["--config", "distil_lm"],
             "Unknown config 'distil_lm' (did you mean 'distill_lm'?): expected a .py file or "
-            "one of ['digits', 'distill_hf', 'distill_lm', 'pretrain_lm', 'selective_copying'].",
+            "one of ['digits', 'distill_hf', 'distill_lm', 'induction_heads', 'pretrain_lm', "
+            "'selective_copying'].",
         ),
     ],
 )
