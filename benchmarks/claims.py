@@ -285,6 +285,30 @@ CLAIMS: tuple[Claim | FunctionClaim, ...] = (
         ),
     ),
     Claim(
+        key="selective_copying_others",
+        paper="Gu & Dao 2023, Mamba ([arXiv:2312.00752](https://arxiv.org/abs/2312.00752)), "
+        "Table 1; Dao & Gu 2024, Mamba-2 ([arXiv:2405.21060](https://arxiv.org/abs/2405.21060))",
+        statement="Selection is what solves selective copying: the selective Mamba-2 (SSD) "
+        "solves it like Mamba, while linear attention (a fixed per-head decay, no "
+        "input-dependent selection) does not",
+        setup="the `selective_copying` claim's setup and budget (L = 128, 4 tokens, 800 steps "
+        "of 32 rows, lr 1e-2) with Mamba-2 (state 64, its default heads) and linear attention "
+        "(elu + 1 features, RetNet-style per-head decay: the block's defaults) as the mixers",
+        preset="selective_copying",
+        metric="eval_accuracy",
+        arms=(
+            Arm("Mamba-2", None, ("model.mixer=mamba2",)),
+            Arm("linear attention", None, ("model.mixer=linear_attention",)),
+        ),
+        verdict=separation("Mamba-2", "linear attention", solved=0.95, failed=0.5),
+        quick=(
+            *QUICK,
+            "task.kwargs.seq_len=16",
+            "task.kwargs.num_tokens=2",
+            "model.n_layers=1",
+        ),
+    ),
+    Claim(
         key="induction_heads",
         paper="Gu & Dao 2023, Mamba ([arXiv:2312.00752](https://arxiv.org/abs/2312.00752)), "
         "§4.1.2, Table 2",
