@@ -26,6 +26,7 @@ Verdict = Callable[[Outcomes], tuple[str, str]]
 # Quick mode (CI smoke): a few steps of a tiny model, enough to run every code path.
 QUICK = ("steps=4", "batch_size=8", "eval_batches=1", "model.d_model=16")
 QUICK_LM = (*QUICK, "task.kwargs.seq_len=16", "model.n_layers=1")
+QUICK_COPYING = (*QUICK_LM, "task.kwargs.num_tokens=2")
 QUICK_TEACHER = (*QUICK_LM, "model.mixer=attention", "model.num_heads=2")  # cheap to compile
 
 
@@ -277,12 +278,7 @@ CLAIMS: tuple[Claim | FunctionClaim, ...] = (
             Arm("S4D", 0.183, ("model.mixer=s4d", "model.s4_state=2")),
         ),
         verdict=separation("Mamba", "S4D", solved=0.95, failed=0.5),
-        quick=(
-            *QUICK,
-            "task.kwargs.seq_len=16",
-            "task.kwargs.num_tokens=2",
-            "model.n_layers=1",
-        ),
+        quick=QUICK_COPYING,
     ),
     Claim(
         key="selective_copying_others",
@@ -301,12 +297,7 @@ CLAIMS: tuple[Claim | FunctionClaim, ...] = (
             Arm("linear attention", None, ("model.mixer=linear_attention",)),
         ),
         verdict=separation("Mamba-2", "linear attention", solved=0.95, failed=0.5),
-        quick=(
-            *QUICK,
-            "task.kwargs.seq_len=16",
-            "task.kwargs.num_tokens=2",
-            "model.n_layers=1",
-        ),
+        quick=QUICK_COPYING,
     ),
     Claim(
         key="induction_heads",
@@ -328,7 +319,7 @@ CLAIMS: tuple[Claim | FunctionClaim, ...] = (
             Arm("attention (RoPE)", None, ("model.mixer=attention", "optimizer.lr=1e-3")),
         ),
         verdict=separation("Mamba", "attention (RoPE)", solved=0.95, failed=0.5),
-        quick=(*QUICK, "task.kwargs.seq_len=16", "model.n_layers=1"),
+        quick=QUICK_LM,
         also=("accuracy_1x", "accuracy_16x"),
         evaluate=_extrapolation,
     ),

@@ -5,17 +5,18 @@ task (``config.task``) is rebuilt at each length with its other options unchange
 restored model is scored on the task's held-out rows: accuracy over the masked (answer)
 positions, the same quantity as the run's ``eval_accuracy`` at its own length (the
 induction-heads claim: trained at L = 256, scored at 1×, 4× and 16×).
-``parameter_count``: the trained model's size (the equal-parameter claims).
+``parameter_count``: the run's model size, from its saved config (the equal-parameter claims).
 """
 
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
+from jaxdiv.train import flops
 from jaxdiv.train.data import get_task
+from jaxdiv.train.experiment import model_config, read_config, task_of
 from jaxdiv.train.trainer import load_model
 
 
@@ -51,6 +52,6 @@ def extrapolation(workdir: Path, examples: dict[int, int]) -> dict[str, float]:
 
 
 def parameter_count(workdir: Path) -> int:
-    """Number of trained parameters of the run in ``workdir``."""
-    model, _ = load_model(workdir)
-    return int(sum(np.size(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
+    """Number of parameters of the run in ``workdir`` (from its saved config)."""
+    config = read_config(workdir)
+    return flops.parameter_count(model_config(config, task_of(config).vocab_size))

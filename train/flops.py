@@ -30,12 +30,17 @@ DEVICE_PEAK_FLOPS = {
 }
 
 
-def matmul_weights(lm_config) -> int:
-    """Number of weights multiplying activations per token (all but the embedding table)."""
+def parameter_count(lm_config) -> int:
+    """Number of parameters of ``LanguageModel(lm_config)`` (from shapes; nothing allocated)."""
     from jaxdiv.models import LanguageModel
 
     model = nnx.eval_shape(lambda: LanguageModel(lm_config, rngs=nnx.Rngs(0)))
-    total = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def matmul_weights(lm_config) -> int:
+    """Number of weights multiplying activations per token (all but the embedding table)."""
+    total = parameter_count(lm_config)
     # A tied head reuses the embedding table as its matmul weight; untied, the table is a lookup.
     return total if lm_config.tie_embeddings else total - lm_config.vocab_size * lm_config.d_model
 
