@@ -2,7 +2,6 @@
 
 import json
 import os
-import time
 from pathlib import Path
 
 import nbformat
@@ -60,9 +59,9 @@ def test_notebook_runs_in_smoke_mode(path, tmp_path):
         kernel_name="python3",
         resources={"metadata": {"path": str(tmp_path)}},  # cwd: runs/ land in tmp_path
     )
-    start = time.perf_counter()
+    # no wall-time assertion: speed is for benchmarks, and a loaded machine must not decide a
+    # test; the STYLE budget (all notebooks ≤ 10 min) is read from the --durations report
     client.execute(env=_kernel_env())  # raises CellExecutionError on the first failing cell
-    elapsed = time.perf_counter() - start
     errors = [
         output
         for cell in notebook.cells
@@ -71,4 +70,3 @@ def test_notebook_runs_in_smoke_mode(path, tmp_path):
         if output.output_type == "error"
     ]
     assert not errors, errors
-    assert elapsed < 120, f"{path.name} took {elapsed:.0f} s in smoke mode (budget 120 s)"

@@ -10,7 +10,9 @@ Every kernel has a hand-written backward kernel wired with ``jax.custom_vjp``. O
 in Pallas interpret mode (``interpret=None`` resolves to ``jax.default_backend() == "cpu"``)
 and equal the reference methods in value and gradient (``tests/models/test_kernels.py``).
 The modules are not re-exported here (each module's public function has its op's name). The
-block shapes follow the TPU (8, 128) tiling and the compiler parameters are chosen per backend
-(``_common.compiler_params``), but no TPU or GPU run has been made: on accelerators the
-kernels are opt-in and untested until measured there.
+block shapes follow the TPU (8, 128) tiling, the compiler parameters are chosen per lowering
+platform (``_common.pallas_call``) and every kernel lowers for TPU (Mosaic) and GPU (Triton)
+from a CPU host (``tests/models/test_kernel_lowering.py``: no value slicing inside kernels,
+which Triton cannot lower; rows are read from the refs). No TPU or GPU run has been made: on
+accelerators the kernels are opt-in and untested until measured there.
 """

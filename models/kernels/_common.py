@@ -1,7 +1,8 @@
-"""Helpers shared by the Pallas kernels: interpret mode, compiler parameters, padding."""
+"""Helpers shared by the Pallas kernels: interpret mode, per-target compiler parameters, padding."""
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 from jax.experimental import pallas as pl
 
 
@@ -12,25 +13,31 @@ def resolve_interpret(interpret: bool | None) -> bool:
     return bool(interpret)
 
 
-def compiler_params(num_grid_dims: int, *, interpret: bool) -> pl.CompilerParams | None:
-    """Per-backend compiler parameters for a grid whose every dimension is independent.
+def pallas_call(kernel, *, grid: tuple[int, ...], interpret: bool, **kwargs):
+    """``pl.pallas_call`` with each target's compiler parameters, chosen when lowering.
 
-    TPU (Mosaic): every grid dimension ``"parallel"`` (megacore may split them); GPU (Triton):
-    4 warps, one pipeline stage (the kernels loop over time themselves). Untuned: no
-    accelerator run has been made.
+    The parameters are picked per *lowering* platform with ``lax.platform_dependent`` (not
+    from ``jax.default_backend()``), so a function exported for TPU or GPU from a CPU host
+    (``jax.export``) gets the target's kernel: TPU (Mosaic) with every grid dimension
+    ``"parallel"`` (megacore may split them); CUDA and ROCm (Triton) with 4 warps and one
+    pipeline stage (the kernels loop over time themselves). Untuned: no accelerator run has
+    been made. Elsewhere (CPU) Pallas refuses to lower: ``interpret=True`` runs the Pallas
+    interpreter on any platform.
     """
     if interpret:
-        return None
-    backend = jax.default_backend()
-    if backend == "tpu":
-        from jax.experimental.pallas import tpu as pltpu
+        return pl.pallas_call(kernel, grid=grid, interpret=True, **kwargs)
+    from jax.experimental.pallas import tpu as pltpu
+    from jax.experimental.pallas import triton as pltriton
 
-        return pltpu.CompilerParams(dimension_semantics=("parallel",) * num_grid_dims)
-    if backend == "gpu":
-        from jax.experimental.pallas import triton as pltriton
+    def with_params(params):
+        call = pl.pallas_call(kernel, grid=grid, compiler_params=params, **kwargs)
+        return lambda *args: call(*args)
 
-        return pltriton.CompilerParams(num_warps=4, num_stages=1)
-    return None
+    tpu = pltpu.CompilerParams(dimension_semantics=("parallel",) * len(grid))
+    triton = with_params(pltriton.CompilerParams(num_warps=4, num_stages=1))
+    return lambda *args: lax.platform_dependent(
+        *args, tpu=with_params(tpu), cuda=triton, rocm=triton, default=with_params(None)
+    )
 
 
 def pad_axis(x: jax.Array, axis: int, multiple: int) -> jax.Array:

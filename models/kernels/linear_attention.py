@@ -36,8 +36,9 @@ Lowering: interpret mode on CPU (what the tests check). For TPU the blocks are w
 ``[L, d]`` slabs per (batch, head) with full last dims, the chunk loads are C-aligned sublane
 slices (C a multiple of 8 keeps them tile-aligned) and every grid dimension is ``"parallel"``;
 whole-L blocks bound L by VMEM. On GPU (Triton) dk, dv and C should be powers of two ≥ 16 for
-``tl.dot``. Neither lowering has been compiled or measured (no accelerator was available):
-the method is opt-in there.
+``tl.dot``; the chunk's last decay row is read from the ref (Triton lowers no value slicing).
+Both lowerings pass on a CPU host (``tests/models/test_kernel_lowering.py``); neither has been
+compiled or measured on a device (no accelerator was available): the method is opt-in there.
 """
 
 # B batch, L length (Lp padded to a multiple of C), H heads, Hq q/k heads (H / r), K = dk,
@@ -51,7 +52,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.typing import ArrayLike
 
-from jaxdiv.models.kernels._common import check_block, compiler_params, pad_axis, resolve_interpret
+from jaxdiv.models.kernels._common import check_block, pad_axis, pallas_call, resolve_interpret
 
 _SQ = pl.squeezed
 
@@ -65,6 +66,11 @@ def _mm(a, b, ta: bool = False, tb: bool = False) -> jax.Array:
 
 def _slab(ref, c, C: int) -> jax.Array:
     return ref[pl.ds(pl.multiple_of(c * C, C), C), :]
+
+
+def _last_row(ref, c, C: int) -> jax.Array:
+    """The chunk's last row ``[1, ·]``, read from the ref (Triton lowers no value slicing)."""
+    return ref[c * C + C - 1, :][None, :]
 
 
 def _causal(C: int) -> jax.Array:
@@ -116,7 +122,7 @@ def _forward_kernel(*refs, C: int, mode: str, save: bool):
             G = _slab(g_ref, c, C)  # [C, Kg]
             A = _scores(q, k, _decays(G, mask, mode), mask, mode)
             o = _mm(A, v) + _mm(q * jnp.exp(G), S)
-            last = G[C - 1 :]  # [1, Kg]
+            last = _last_row(g_ref, c, C)  # [1, Kg]
             S = jnp.exp(_col(last)) * S + _mm(k * jnp.exp(last - G), v, ta=True)
         o_ref[pl.ds(pl.multiple_of(c * C, C), C), :] = o.astype(o_ref.dtype)
         return S
@@ -153,7 +159,7 @@ def _backward_kernel(*refs, C: int, mode: str):
         else:
             G = _slab(g_ref, c, C)  # [C, Kg]
             W = _decays(G, mask, mode)
-            E, last = jnp.exp(G), G[C - 1 :]
+            E, last = jnp.exp(G), _last_row(g_ref, c, C)
             to_end = jnp.exp(last - G)  # [C, Kg]
             kt = k * to_end  # k̃ [C, K]
             A = _scores(q, k, W, mask, mode)
@@ -217,13 +223,12 @@ def _forward(q, k, v, G, S0, *, C, mode, r, interpret, save):
         out_specs.append(pl.BlockSpec((_SQ, _SQ, Lp // C, K, V), lambda b, h: (b, h, 0, 0, 0)))
     inputs = [q, k, v] + ([] if G is None else [G]) + [S0]
     in_specs = [qk, qk, seq_v] + ([] if G is None else [seq_g]) + [state]
-    return pl.pallas_call(
+    return pallas_call(
         functools.partial(_forward_kernel, C=C, mode=mode, save=save),
         out_shape=tuple(out_shape),
         grid=(Bsz, H),
         in_specs=in_specs,
         out_specs=tuple(out_specs),
-        compiler_params=compiler_params(2, interpret=interpret),
         interpret=interpret,
         name=f"linear_attention_fwd_{mode}",
     )(*inputs)
@@ -246,13 +251,12 @@ def _backward(q, k, v, G, states, do, dSL, *, C, mode, r, interpret):
     out_specs.append(state)
     inputs = [q, k, v] + ([] if G is None else [G]) + [states, do, dSL]
     in_specs = [qk, qk, seq_v] + ([] if G is None else [seq_g]) + [checkpoints, seq_v, state]
-    outs = pl.pallas_call(
+    outs = pallas_call(
         functools.partial(_backward_kernel, C=C, mode=mode),
         out_shape=tuple(out_shape),
         grid=(Bsz, H),
         in_specs=in_specs,
         out_specs=tuple(out_specs),
-        compiler_params=compiler_params(2, interpret=interpret),
         interpret=interpret,
         name=f"linear_attention_bwd_{mode}",
     )(*inputs)

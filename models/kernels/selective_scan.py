@@ -10,9 +10,9 @@ and its adjoint (custom VJP; gradients w.r.t. u, Δ, A, B, C and h_0).
 
 Forward kernel, grid (batch, channel blocks): the state ``[N, block_d]`` (channels on the lane
 axis, the state on sublanes) is a ``lax.fori_loop`` carry inside the kernel, so it never leaves
-on-chip memory; the loop runs over chunks of ``block_t`` steps, each chunk reading one
-``[block_t, block_d]`` slab of u and Δ and one ``[block_t, N]`` slab of B and C and unrolling
-its steps. Every input element is read once. For the backward pass the forward kernel also
+on-chip memory; the loop runs over chunks of ``block_t`` steps and unrolls each chunk's steps,
+each step reading its ``[block_d]`` row of u and Δ and its ``[N]`` row of B and C. Every input
+element is read once. For the backward pass the forward kernel also
 writes the state entering every chunk (checkpoints ``[B, L/block_t, N, D]``: the residual
 memory is B·D·N·L/block_t floats besides the inputs, 2·B·L·D for N = 16 and block_t = 8).
 
@@ -30,11 +30,12 @@ N]``) and ∂A (``[B, N, D]``) that JAX sums outside the kernel.
 Lowering: ``interpret=None`` runs the Pallas interpreter on CPU (what the tests check). For
 TPU the blocks are ``[L, block_d]`` with ``block_d`` = 128 (or all of D when D ≤ 128), ``[L,
 N]`` and ``[N, block_d]`` (full or (8, 128)-tiled last two dims) and every grid dimension is
-``"parallel"``; the per-step slices are static and the chunk loads are ``block_t``-aligned
-sublane slices (``block_t`` = 8, one sublane tile). Whole-L blocks bound L by VMEM (about
-8k steps at block_d = 128 in float32). On GPU (Triton) ``block_d`` defaults to 32 to keep the
-``3·block_t`` states of the backward chunk in registers. Neither lowering has been compiled
-or measured (no accelerator was available): the method is opt-in there.
+``"parallel"``; each step reads its rows of u, Δ, B, C from the refs (no value slicing, which
+Triton does not lower) and writes its output row. Whole-L blocks bound L by VMEM (about 8k
+steps at block_d = 128 in float32). On GPU (Triton) ``block_d`` defaults to 32 to keep the
+``3·block_t`` states of the backward chunk in registers. Both lowerings pass on a CPU host
+(``tests/models/test_kernel_lowering.py``); neither has been compiled or measured on a device
+(no accelerator was available): the method is opt-in there.
 """
 
 # B batch, L length (padded to Lp, a multiple of T), D channels, N state, T = block_t,
@@ -48,7 +49,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.typing import ArrayLike
 
-from jaxdiv.models.kernels._common import check_block, compiler_params, pad_axis, resolve_interpret
+from jaxdiv.models.kernels._common import check_block, pad_axis, pallas_call, resolve_interpret
 
 _SQ = pl.squeezed  # a squeezed (size-1, dropped) block dimension
 
@@ -59,9 +60,14 @@ def _default_block_d(D: int, interpret: bool) -> int:
     return D if D <= 128 else 128
 
 
-def _rows(ref, c, T: int) -> jax.Array:
-    """The ``[T, ·]`` slab of chunk ``c`` of a ``[Lp, ·]`` block."""
-    return ref[pl.ds(pl.multiple_of(c * T, T), T), :]
+def _row(ref, t) -> jax.Array:
+    """Row ``t`` of a ``[Lp, ·]`` block as ``[1, ·]`` (a ref load: no value slicing in-kernel)."""
+    return ref[t, :][None, :]
+
+
+def _col(ref, t) -> jax.Array:
+    """Row ``t`` of a ``[Lp, N]`` block as an ``[N, 1]`` column over the state's rows."""
+    return ref[t, :][:, None]
 
 
 def _forward_kernel(u_ref, d_ref, a_ref, b_ref, c_ref, h0_ref, y_ref, hl_ref, *hs_refs, T: int):
@@ -71,14 +77,12 @@ def _forward_kernel(u_ref, d_ref, a_ref, b_ref, c_ref, h0_ref, y_ref, hl_ref, *h
     def chunk(c, h):
         if hs_refs:
             hs_refs[0][c] = h  # checkpoint: the state entering chunk c
-        u, d = _rows(u_ref, c, T), _rows(d_ref, c, T)  # [T, bd]
-        Bt, Ct = _rows(b_ref, c, T).T, _rows(c_ref, c, T).T  # [N, T]
-        ys = []
-        for t in range(T):
-            dt = d[t : t + 1]  # [1, bd]
-            h = jnp.exp(dt * A) * h + Bt[:, t : t + 1] * (dt * u[t : t + 1])  # [N, bd]
-            ys.append(jnp.sum(h * Ct[:, t : t + 1], axis=0, keepdims=True))  # [1, bd]
-        y_ref[pl.ds(pl.multiple_of(c * T, T), T), :] = jnp.concatenate(ys, 0).astype(y_ref.dtype)
+        for i in range(T):
+            t = c * T + i
+            dt = _row(d_ref, t)  # [1, bd]
+            h = jnp.exp(dt * A) * h + _col(b_ref, t) * (dt * _row(u_ref, t))  # [N, bd]
+            y = jnp.sum(h * _col(c_ref, t), axis=0)  # [bd]
+            y_ref[t, :] = y.astype(y_ref.dtype)
         return h
 
     hl_ref[...] = lax.fori_loop(0, n_chunks, chunk, h0_ref[...]).astype(hl_ref.dtype)
@@ -94,33 +98,29 @@ def _backward_kernel(
     def chunk(i, carry):
         r, gA = carry  # r = exp(Δ_{t+1} A) ⊙ g_{t+1} (∂ of the state leaving the chunk); ∂A
         c = n_chunks - 1 - i
-        u, d, gy = _rows(u_ref, c, T), _rows(d_ref, c, T), _rows(gy_ref, c, T)  # [T, bd]
-        Bt, Ct = _rows(b_ref, c, T).T, _rows(c_ref, c, T).T  # [N, T]
         h = hs_ref[c]  # [N, bd]
         h_prev, h_cur, decay = [], [], []
-        for t in range(T):  # recompute the chunk's states from its checkpoint
-            dt = d[t : t + 1]
+        for k in range(T):  # recompute the chunk's states from its checkpoint
+            t = c * T + k
+            dt = _row(d_ref, t)
             h_prev.append(h)
             decay.append(jnp.exp(dt * A))
-            h = decay[t] * h + Bt[:, t : t + 1] * (dt * u[t : t + 1])
+            h = decay[k] * h + _col(b_ref, t) * (dt * _row(u_ref, t))
             h_cur.append(h)
-        gu, gd, gb, gc = [], [], [], []  # filled from t = T − 1 down to 0
-        for t in reversed(range(T)):
-            dt, ut, gyt = d[t : t + 1], u[t : t + 1], gy[t : t + 1]  # [1, bd]
-            gc.append(jnp.sum(h_cur[t] * gyt, axis=1, keepdims=True))  # [N, 1]
-            g = r + Ct[:, t : t + 1] * gyt  # g_t [N, bd]
-            r = decay[t] * g
-            q = r * h_prev[t]
+        for k in reversed(range(T)):
+            t = c * T + k
+            d1, u1 = d_ref[t, :], u_ref[t, :]  # Δ_t, u_t [bd]
+            dt, ut, gyt = d1[None, :], u1[None, :], _row(gy_ref, t)  # [1, bd]
+            Bt = _col(b_ref, t)  # [N, 1]
+            gc_ref[t, :] = jnp.sum(h_cur[k] * gyt, axis=1).astype(gc_ref.dtype)  # [N]
+            g = r + _col(c_ref, t) * gyt  # g_t [N, bd]
+            r = decay[k] * g
+            q = r * h_prev[k]
             gA = gA + q * dt
-            gx = jnp.sum(g * Bt[:, t : t + 1], axis=0, keepdims=True)  # [1, bd]
-            gu.append(gx * dt)
-            gd.append(gx * ut + jnp.sum(q * A, axis=0, keepdims=True))
-            gb.append(jnp.sum(g * (dt * ut), axis=1, keepdims=True))  # [N, 1]
-        rows = pl.ds(pl.multiple_of(c * T, T), T)
-        gu_ref[rows, :] = jnp.concatenate(gu[::-1], 0).astype(gu_ref.dtype)  # [T, bd]
-        gd_ref[rows, :] = jnp.concatenate(gd[::-1], 0).astype(gd_ref.dtype)
-        gb_ref[rows, :] = jnp.concatenate(gb[::-1], 1).T.astype(gb_ref.dtype)  # [T, N]
-        gc_ref[rows, :] = jnp.concatenate(gc[::-1], 1).T.astype(gc_ref.dtype)
+            gx = jnp.sum(g * Bt, axis=0)  # [bd]
+            gu_ref[t, :] = (gx * d1).astype(gu_ref.dtype)
+            gd_ref[t, :] = (gx * u1 + jnp.sum(q * A, axis=0)).astype(gd_ref.dtype)
+            gb_ref[t, :] = jnp.sum(g * (dt * ut), axis=1).astype(gb_ref.dtype)  # [N]
         return r, gA
 
     r, gA = lax.fori_loop(0, n_chunks, chunk, (ghl_ref[...], jnp.zeros_like(A)))
@@ -146,13 +146,12 @@ def _forward(h0, delta, A_T, u, B, C, *, bd, T, interpret, save):
     if save:
         out_shape.append(jax.ShapeDtypeStruct((Bsz, Lp // T, N, D), h0.dtype))
         out_specs.append(pl.BlockSpec((_SQ, Lp // T, N, bd), lambda b, j: (b, 0, 0, j)))
-    return pl.pallas_call(
+    return pallas_call(
         functools.partial(_forward_kernel, T=T),
         out_shape=tuple(out_shape),
         grid=(Bsz, D // bd),
         in_specs=[seq_d, seq_d, a, seq_n, seq_n, state],
         out_specs=tuple(out_specs),
-        compiler_params=compiler_params(2, interpret=interpret),
         interpret=interpret,
         name="selective_scan_fwd",
     )(u, delta, A_T, B, C, h0)
@@ -166,7 +165,7 @@ def _backward(hs, delta, A_T, u, B, C, gy, ghL, *, bd, T, interpret):
     partial_n = pl.BlockSpec((_SQ, _SQ, Lp, N), lambda b, j: (b, j, 0, 0))  # per channel block
     checkpoints = pl.BlockSpec((_SQ, Lp // T, N, bd), lambda b, j: (b, 0, 0, j))
     f32 = jnp.promote_types(u.dtype, jnp.float32)
-    gu, gd, gB, gC, gA, gh0 = pl.pallas_call(
+    gu, gd, gB, gC, gA, gh0 = pallas_call(
         functools.partial(_backward_kernel, T=T),
         out_shape=(
             jax.ShapeDtypeStruct(u.shape, u.dtype),
@@ -179,7 +178,6 @@ def _backward(hs, delta, A_T, u, B, C, gy, ghL, *, bd, T, interpret):
         grid=(Bsz, nb),
         in_specs=[checkpoints, seq_d, seq_d, a, seq_n, seq_n, seq_d, state],
         out_specs=(seq_d, seq_d, partial_n, partial_n, state, state),
-        compiler_params=compiler_params(2, interpret=interpret),
         interpret=interpret,
         name="selective_scan_bwd",
     )(hs, u, delta, A_T, B, C, gy, ghL)

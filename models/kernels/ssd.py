@@ -15,7 +15,8 @@ the grouped B, C are never repeated in memory; their per-head cotangents are sum
 group after the backward kernel. Δ x, Δ A, the chunk-local cumulative sum of Δ A and the D x
 skip are ordinary JAX around the kernels (their gradients, w.r.t. dt, A and D, come from
 autodiff). Residual memory for the backward pass: the chunk-entering states, b·h·p·n·L/T
-floats. Lowering notes (untested on TPU/GPU) are those of the linear-attention kernels.
+floats. Lowering notes are those of the linear-attention kernels: it lowers for TPU and GPU
+from a CPU host, and has not been compiled or run on a device.
 """
 
 # b batch, L length, h heads, p head dim, g groups, r = h / g, n state, T chunk length
