@@ -8,7 +8,8 @@ The roofline times are *estimates* for machines we do not have, with their assum
    where the mixer has one) per mixer, d_model = 1024 (d_inner = 2048, N = 16, bfloat16
    compute, float32 parameters), B = 8, L = 2048 (quick: B = 2, L = 512), forward+backward
    (gradient of sum(y²) in the parameters and the input). Mamba with the ``selective_scan``
-   method ``"auto"`` picks on GPU/TPU ("chunked") and with "sequential" (CPU's pick). Softmax
+   methods "chunked" and "sequential" (``"auto"``'s pick on every backend, from this
+   estimate on GPU/TPU). Softmax
    attention with ``implementation="blockwise"`` (the flash form: what ``"auto"`` runs on TPU,
    and on GPU where cuDNN does not apply; passed explicitly, since this runs on the CPU) and
    with ``"reference"`` (the dense [B, H, L, L] scores, CPU's pick). cuDNN flash attention,
@@ -333,8 +334,8 @@ def measure(fn: Callable, *args) -> Cost:
 
 
 MIXERS = (  # (label, mixer name, LMConfig overrides)
-    ("Mamba, selective_scan chunked (auto on GPU/TPU)", "mamba", {"scan_method": "chunked"}),
-    ("Mamba, selective_scan sequential (auto on CPU)", "mamba", {"scan_method": "sequential"}),
+    ("Mamba, selective_scan chunked", "mamba", {"scan_method": "chunked"}),
+    ("Mamba, selective_scan sequential (auto)", "mamba", {"scan_method": "sequential"}),
     ("Mamba-2, SSD chunked", "mamba2", {}),
     ("linear attention, chunked", "linear_attention", {}),
     ("LightNet, chunked", "lightnet", {}),
@@ -406,8 +407,20 @@ def scan_fn(method: str):
     return fn
 
 
-def ssd_fn(x, dt, A, B, C):
-    return ssd(x, jax.nn.softplus(dt), A, B, C, method="chunked")
+def ssd_fn(method: str):
+    def fn(x, dt, A, B, C):
+        return ssd(x, jax.nn.softplus(dt), A, B, C, method=method)
+
+    return fn
+
+
+def random_inputs(specs, key=None) -> tuple:
+    """Normal draws for the abstract inputs of :func:`scan_args` / :func:`ssd_args`; A (the
+    third) made negative."""
+    keys = jax.random.split(jax.random.key(0) if key is None else key, len(specs))
+    xs = [jax.random.normal(k, s.shape, s.dtype) for k, s in zip(keys, specs, strict=True)]
+    xs[2] = -jnp.exp(xs[2])
+    return tuple(xs)
 
 
 def fwd_bwd(fn):
@@ -495,7 +508,7 @@ def _ops(section: harness.Section, batch: int, length: int) -> dict:
     programs = {
         "selective_scan chunked": (scan_fn("chunked"), scan_args(batch, length, channels)),
         "selective_scan sequential": (scan_fn("sequential"), scan_args(batch, length, channels)),
-        "ssd chunked": (ssd_fn, ssd_args(batch, length, channels)),
+        "ssd chunked": (ssd_fn("chunked"), ssd_args(batch, length, channels)),
     }
     costs = {}
     for name, (fn, args) in programs.items():
@@ -518,15 +531,8 @@ def _race(section: harness.Section, quick: bool) -> tuple:
     """Chunked SSD vs sequential selective scan, same state size D·N, timed on this CPU."""
     batch, channels = (1, 256) if quick else (1, 1024)
     repeats = 3
-    keys = jax.random.split(jax.random.key(0), 5)
-
-    def inputs(specs):  # normal draws; A (index 2) negative
-        xs = [jax.random.normal(k, s.shape, s.dtype) for k, s in zip(keys, specs, strict=True)]
-        xs[2] = -jnp.exp(xs[2])
-        return tuple(xs)
-
-    scan_in = inputs(scan_args(batch, RACE_LENGTH, channels))
-    ssd_in = inputs(ssd_args(batch, RACE_LENGTH, channels))
+    scan_in = random_inputs(scan_args(batch, RACE_LENGTH, channels))
+    ssd_in = random_inputs(ssd_args(batch, RACE_LENGTH, channels))
     table = section.table(
         f"This CPU: chunked SSD vs the sequential selective scan, same state size D·N, "
         f"B={batch}, L={RACE_LENGTH}, D={channels}, N={STATE}, bf16 inputs "
@@ -535,7 +541,7 @@ def _race(section: harness.Section, quick: bool) -> tuple:
     )
     result = {}
     for pass_name, wrap in (("fwd", lambda f: f), ("fwd+bwd", fwd_bwd)):
-        t_ssd = harness.time_jax(wrap(ssd_fn), *ssd_in, repeats=repeats).timing
+        t_ssd = harness.time_jax(wrap(ssd_fn("chunked")), *ssd_in, repeats=repeats).timing
         t_seq = harness.time_jax(wrap(scan_fn("sequential")), *scan_in, repeats=repeats).timing
         table.add(
             **{"pass": pass_name, "ssd chunked": t_ssd, "selective_scan sequential": t_seq},

@@ -8,7 +8,11 @@
    small shapes, compiled for the device (not interpret mode): outputs and the gradients of
    sum(y²) in every input, max |Δ| / max |ref| per leaf, float32 with matmul precision
    "highest" (no TF32), tolerance ``PARITY_RTOL``.
-2. The training presets (``jaxdiv.train.config.preset_names``), built as the trainer builds
+2. Scan methods timed (forward+backward, bf16 inputs) at the sizes of the ``accelerators``
+   section's estimates, B = 8, L = 2048, D = 2048, N = 16 (SSD: 32 heads of 64):
+   ``selective_scan`` sequential (``"auto"``'s pick, from those estimates), chunked and
+   pallas; ``ssd`` chunked and pallas. The measurement that confirms or overturns the pick.
+3. The training presets (``jaxdiv.train.config.preset_names``), built as the trainer builds
    them (``benchmarks.training._preset_step``): median step time, tokens/s and MFU against
    this device's float32 matmul throughput measured at 1024³ (``jaxdiv.train.flops.peak_flops``).
 
@@ -127,6 +131,31 @@ def check_parity() -> list[dict]:
     return rows
 
 
+SCAN_METHODS = {"selective_scan": ("sequential", "chunked", "pallas"), "ssd": ("chunked", "pallas")}
+
+
+def time_scans(batch: int, length: int, channels: int, repeats: int) -> list[dict]:
+    """Median forward+backward ms of each method in ``SCAN_METHODS`` (bf16 inputs)."""
+    from benchmarks import harness
+    from benchmarks.accelerators import fwd_bwd, random_inputs, scan_args, scan_fn, ssd_args, ssd_fn
+
+    rows = []
+    for op, methods in SCAN_METHODS.items():
+        fn, specs = (scan_fn, scan_args) if op == "selective_scan" else (ssd_fn, ssd_args)
+        args = random_inputs(specs(batch, length, channels))
+        for method in methods:
+            row = {"op": op, "method": method, "B, L, D": f"{batch}, {length}, {channels}"}
+            try:
+                timing = harness.time_jax(fwd_bwd(fn(method)), *args, repeats=repeats).timing
+                row.update({"fwd+bwd ms": timing.median * 1e3, "min ms": timing.min * 1e3})
+            except Exception as error:  # a kernel that does not compile here is a result too
+                row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
+                traceback.print_exc()
+            rows.append(row)
+            print(row, flush=True)
+    return rows
+
+
 def time_presets(steps: int) -> list[dict]:
     import jax
 
@@ -169,7 +198,7 @@ def time_presets(steps: int) -> list[dict]:
     return rows
 
 
-def _markdown(meta: dict, parity: list[dict], presets: list[dict]) -> str:
+def _markdown(meta: dict, parity: list[dict], scans: list[dict], presets: list[dict]) -> str:
     lines = [
         f"# Device check: {meta['device_kind']} ({meta['date']}, commit {meta['commit']})",
         "",
@@ -185,6 +214,14 @@ def _markdown(meta: dict, parity: list[dict], presets: list[dict]) -> str:
         lines.append(
             f"| {r['case']} | {r.get('value max rel diff', '')} | "
             f"{r.get('grad max rel diff', '')} | {'yes' if r['ok'] else 'no'} | "
+            f"{r.get('error', '')} |"
+        )
+    lines += ["", "## Scan methods, forward+backward, bf16 inputs", ""]
+    lines += ["| op | method | B, L, D | median ms | min ms | error |", "|---|---|---|---|---|---|"]
+    for r in scans:
+        times = [f"{r[k]:.3f}" if k in r else "" for k in ("fwd+bwd ms", "min ms")]
+        lines.append(
+            f"| {r['op']} | {r['method']} | {r['B, L, D']} | {times[0]} | {times[1]} | "
             f"{r.get('error', '')} |"
         )
     lines += ["", "## Training presets", "", "| preset | B×L | step ms | tokens/s | MFU | error |"]
@@ -212,7 +249,9 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per preset")
-    parser.add_argument("--skip-presets", action="store_true", help="kernel parity only")
+    parser.add_argument(
+        "--skip-presets", action="store_true", help="kernel parity and scan timings only"
+    )
     opts = parser.parse_args(argv)
 
     import jax
@@ -225,12 +264,13 @@ def main(argv=None) -> int:
     meta = machine()
     print(f"device check on {meta['device']} ({meta['device_kind']}), commit {meta['commit']}")
     parity = check_parity()
+    scans = time_scans(8, 2048, 2048, repeats=opts.steps)
     presets = [] if opts.skip_presets else time_presets(opts.steps)
     stem = f"{meta['date']}-{meta['device']}-device-check"
     opts.out.mkdir(parents=True, exist_ok=True)
-    results = {"meta": meta, "parity": parity, "presets": presets}
+    results = {"meta": meta, "parity": parity, "scans": scans, "presets": presets}
     (opts.out / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
-    (opts.out / f"{stem}.md").write_text(_markdown(meta, parity, presets))
+    (opts.out / f"{stem}.md").write_text(_markdown(meta, parity, scans, presets))
     print(f"wrote {opts.out / stem}.json and .md")
     return 0 if all(r["ok"] for r in parity) else 1
 

@@ -46,8 +46,8 @@ class LMConfig:
     LightNet, LASP-2H for softmax attention, state passing for Mamba and S4); elsewhere (no
     mesh, decoding) the same model runs the single-device ops. ``dtype`` is the compute dtype,
     ``param_dtype`` the storage dtype (SSM-sensitive parameters always stay float32).
-    ``scan_method`` is the ``selective_scan`` method of the Mamba layers (``"auto"`` picks per
-    backend; see ``selective_scan``).
+    ``scan_method`` is the ``selective_scan`` method of the Mamba layers (``"auto"``: see
+    ``selective_scan``).
 
     The ``"mamba2"`` mixer (``Mamba2Block``) shares ``d_conv``, ``expand``, ``chunk_size`` and
     ``norm_eps`` (its gated norm) and adds ``mamba2_state`` (N per head), ``mamba2_headdim`` (P;
