@@ -91,6 +91,7 @@ _FREE = {
     "dynamic_slice", "dynamic_update_slice", "concatenate", "pad", "gather", "scatter",
     "convert_element_type", "iota", "copy", "copy_p", "rev", "stop_gradient", "select_n",
     "device_put", "sharding_constraint", "split", "broadcast", "reduce_precision",
+    "get", "swap",  # a Pallas kernel's ref loads and stores
 }  # fmt: skip
 _REDUCE = {
     "reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin", "cumsum",
@@ -259,8 +260,8 @@ def hlo_bytes(hlo: str, *, trip_counts: bool = True) -> int:
         for instr in comps.get(comp, []):
             name, shape, opcode, operands, attrs = instr
             called = re.findall(r"(?:calls|to_apply|body|condition)=%([\w.\-]+)", attrs)
-            if opcode in _FREE_HLO:
-                continue
+            if opcode in _FREE_HLO or (opcode == "custom-call" and "callback" in attrs):
+                continue  # a host callback: a kernel's stand-in, its traffic counted apart
             if opcode == "while":
                 trip = re.search(r'known_trip_count":\{"n":"(\d+)"', attrs)
                 n = int(trip.group(1)) if trip and trip_counts else 1
@@ -296,6 +297,7 @@ class Cost:
     steps: int
     temp_bytes: int
     compile_s: float
+    kernel_bytes: int = 0  # of ``bytes``: the Pallas kernels' block traffic
 
     def roofline(self, device: Device) -> tuple[float, str]:
         """Estimated seconds on ``device`` and what bounds it (compute / memory + steps)."""
@@ -307,26 +309,71 @@ class Cost:
         return max(compute, memory) + latency, bound
 
 
-def measure(fn: Callable, *args) -> Cost:
-    """Compile ``fn`` for ``args`` (arrays or ShapeDtypeStructs) and count its cost."""
+def measure(fn: Callable, *args, flops: tuple[int, int] | None = None, kernel_bytes: int = 0):
+    """Compile ``fn`` for ``args`` (arrays or ShapeDtypeStructs) and count its cost.
+
+    ``flops`` (all, dot) replaces the count from ``fn``'s jaxpr and ``kernel_bytes`` is added
+    to the compiled program's bytes: what :func:`measure_with_kernels` knows of its kernels.
+    """
     jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
-    flops, dots = jaxpr_flops(jaxpr)
+    total, dots = jaxpr_flops(jaxpr) if flops is None else flops
     start = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     seconds = time.perf_counter() - start
     hlo = compiled.as_text()
     xla = compiled.cost_analysis()
     return Cost(
-        flops=flops,
+        flops=total,
         dot_flops=dots,
-        bytes=hlo_bytes(hlo),
-        bytes_untripped=hlo_bytes(hlo, trip_counts=False),
+        bytes=hlo_bytes(hlo) + kernel_bytes,
+        bytes_untripped=hlo_bytes(hlo, trip_counts=False) + kernel_bytes,
         xla_flops=float(xla.get("flops", 0.0)),
         xla_bytes=float(xla.get("bytes accessed", 0.0)),
         steps=sequential_steps(jaxpr),
         temp_bytes=compiled.memory_analysis().temp_size_in_bytes,
         compile_s=seconds,
+        kernel_bytes=kernel_bytes,
     )
+
+
+def _block_bytes(mapping) -> int:
+    dims = (d if isinstance(d, int) else getattr(d, "block_size", 1) for d in mapping.block_shape)
+    return math.prod(dims) * mapping.array_aval.dtype.itemsize
+
+
+def kernel_traffic(jaxpr) -> int:
+    """HBM bytes of the Pallas kernels in ``jaxpr``, from their BlockSpecs: every input and
+    output block once per grid program (what a Pallas pipeline moves; our kernels read each
+    element of a block once), times how often the kernel runs."""
+    total = 0
+    for eqn, times in harness.jaxpr_eqns(jaxpr):
+        if eqn.primitive.name == "pallas_call":
+            grid = eqn.params["grid_mapping"]
+            per_program = sum(_block_bytes(m) for m in grid.block_mappings)
+            total += times * math.prod(grid.grid) * per_program
+    return total
+
+
+def measure_with_kernels(fn: Callable, *args) -> Cost:
+    """:func:`measure` of a program whose Pallas kernels cannot be compiled here.
+
+    FLOPs from the interpret-mode jaxpr (kernel bodies times their grid programs); bytes = the
+    kernels' :func:`kernel_traffic` + the compiled HLO's around them, compiled with each kernel
+    a stand-in (``jaxdiv.models.kernels._common.kernels_as_stand_ins``: one host callback, not
+    counted); sequential steps, temporaries and XLA's raw counts are those of the program
+    around the kernels (a kernel's loop over chunks runs inside one launch).
+    """
+    from jaxdiv.models.kernels._common import kernels_as_stand_ins
+
+    # a fresh function for each trace: jit's trace cache does not know the stand-in switch
+    interpreted = jax.make_jaxpr(lambda *a: fn(*a))(*args).jaxpr
+    with kernels_as_stand_ins():
+        return measure(
+            lambda *a: fn(*a),
+            *args,
+            flops=jaxpr_flops(interpreted),
+            kernel_bytes=kernel_traffic(interpreted),
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -497,6 +544,9 @@ def _blocks(section: harness.Section, batch: int, length: int) -> list[Cost]:
     return costs
 
 
+PALLAS_SSD_LABEL = "ssd pallas (kernels' traffic from their BlockSpecs; never run on a device)"
+
+
 def _ops(section: harness.Section, batch: int, length: int) -> dict:
     channels = EXPAND * D_MODEL
     table = section.table(
@@ -515,6 +565,11 @@ def _ops(section: harness.Section, batch: int, length: int) -> dict:
         for pass_name, f in (("fwd", fn), ("fwd+bwd", fwd_bwd(fn))):
             costs[name, pass_name] = measure(f, *args)
             table.add(op=name, **{"pass": pass_name}, **_cells(costs[name, pass_name]))
+    pallas = ssd_fn("pallas")
+    for pass_name, f in (("fwd", pallas), ("fwd+bwd", fwd_bwd(pallas))):
+        costs["ssd pallas", pass_name] = measure_with_kernels(f, *ssd_args(batch, length, channels))
+        cells = _cells(costs["ssd pallas", pass_name])
+        table.add(op=PALLAS_SSD_LABEL, **{"pass": pass_name}, **cells)
     ref = cuda_reference(batch, length, channels)
     for pass_name, flops, nbytes in (("fwd", *ref[:2]), ("fwd+bwd (est.)", *ref[2:])):
         cost = Cost(flops, 0, nbytes, nbytes, math.nan, math.nan, 0, 0, math.nan)
@@ -620,16 +675,32 @@ def run(quick: bool) -> harness.Section:
         "" if t_ssd.median < t_seq.median and f_ssd.median < f_seq.median else "timed slower",
     )
     h100 = DEVICES[1]
-    est, bound = op.roofline(h100)
     ref, _ = ops["cuda", "fwd"].roofline(h100)
-    met = est <= KERNEL_TARGET * ref
+    paths = {p: ops[f"ssd {p}", "fwd"].roofline(h100) for p in ("pallas", "chunked")}
+    met = min(est for est, _ in paths.values()) <= KERNEL_TARGET * ref
     section.target(
         "Mamba-2 SSD step on H100 within 1.5× of the CUDA selective-scan kernel's bound",
-        "roofline estimate of the chunked SSD op (forward, same B, L, D, N) ≤ 1.5× the "
+        "roofline estimate of the SSD op, its best path (forward, same B, L, D, N) ≤ 1.5× the "
         "CUDA kernel's max(FLOPs/peak, bytes/bandwidth)",
-        f"{est * 1e3:.3f} ms vs {ref * 1e3:.3f} ms = {est / ref:.2f}× ({bound}-bound)",
+        "; ".join(
+            f"{p} {est * 1e3:.4f} ms = {est / ref:.2f}× ({bound}-bound)"
+            for p, (est, bound) in paths.items()
+        )
+        + f"; CUDA bound {ref * 1e3:.4f} ms",
         met,
-        "" if met else _kernel_reason(op, ops["cuda", "fwd"], h100),
+        ""
+        if met
+        else _kernel_reason(*(ops[k, "fwd"] for k in ("ssd pallas", "ssd chunked", "cuda"))),
+    )
+    pallas = ops["ssd pallas", "fwd"]
+    section.note(
+        f"The SSD op's pallas path moves {pallas.bytes / 1e9:.4f} GB forward: its kernels "
+        f"{pallas.kernel_bytes / 1e9:.4f} GB, counted from their BlockSpecs (x read and y "
+        "written once in bf16, B and C once per program, Δ and its cumulative sum in float32), "
+        f"and the XLA ops around them {(pallas.bytes - pallas.kernel_bytes) / 1e9:.4f} GB "
+        "(compiled with each kernel a stand-in). The kernels lower for the H100 (Triton) and "
+        "TPU (Mosaic) but have never been compiled or run on one: this is the estimate the "
+        "device check is there to confirm."
     )
     section.note(
         "The Mamba-2 target compares the SSD op (the layer's sequence step, without its "
@@ -655,15 +726,14 @@ def _share_reason(cost: Cost, batch: int, length: int) -> str:
     )
 
 
-def _kernel_reason(op: Cost, ref: Cost, device: Device) -> str:
+def _kernel_reason(pallas: Cost, chunked: Cost, ref: Cost) -> str:
+    outside = pallas.bytes - pallas.kernel_bytes
     return (
-        f"the SSD op's compiled program moves {op.bytes / 1e9:.3f} GB "
-        f"({op.bytes / ref.bytes:.0f}× the kernel's {ref.bytes / 1e9:.4f} GB, which reads each "
-        "input once in bf16 and keeps everything else on chip): XLA writes and re-reads float32 "
-        "intermediates, the largest being the intra-chunk decay and score matrices "
-        "[B, chunks, H, T, T], float32 copies of x and the per-chunk states [B, chunks, H, P, N] "
-        f"(read from the compiled HLO); it also takes {op.steps} loop steps "
-        f"({op.steps * device.step_latency * 1e3:.3f} ms at the assumed latency) and "
-        f"{op.flops / 1e9:.2f} vs {ref.flops / 1e9:.2f} GFLOP. Closing it needs a fused SSD "
-        "kernel (the Pallas path), not measured here; the bytes are CPU's fusion, a proxy"
+        f"the pallas path moves {pallas.bytes / 1e9:.4f} GB ({pallas.bytes / ref.bytes:.1f}× the "
+        f"CUDA kernel's {ref.bytes / 1e9:.4f} GB, which reads each input once in bf16 and keeps "
+        f"everything else on chip): its kernels {pallas.kernel_bytes / 1e9:.4f} GB (from their "
+        f"BlockSpecs), the XLA ops around them {outside / 1e9:.4f} GB. The chunked path moves "
+        f"{chunked.bytes / 1e9:.3f} GB: XLA writes and re-reads float32 intermediates, the "
+        f"largest the intra-chunk decay and score matrices [B, chunks, H, T, T], and takes "
+        f"{chunked.steps} loop steps. Bytes around the kernels: CPU's fusion, a proxy"
     )

@@ -10,6 +10,7 @@ record and the markdown report can be rebuilt from it alone.
 import dataclasses
 import importlib.util
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -103,6 +104,8 @@ def jaxpr_eqns(jaxpr, times: int = 1):
     for eqn in jaxpr.eqns:
         yield eqn, times
         inner = times * (eqn.params["length"] if eqn.primitive.name == "scan" else 1)
+        if eqn.primitive.name == "pallas_call":  # the kernel body runs once per grid program
+            inner = times * math.prod(eqn.params["grid_mapping"].grid)
         for param in eqn.params.values():
             for sub in param if isinstance(param, (tuple, list)) else (param,):
                 if isinstance(sub, jex_core.ClosedJaxpr):

@@ -52,16 +52,17 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.typing import ArrayLike
 
-from jaxdiv.models.kernels._common import check_block, pad_axis, pallas_call, resolve_interpret
+from jaxdiv.models.kernels._common import (
+    causal_mask,
+    check_block,
+    head_decays,
+    mm,
+    pad_axis,
+    pallas_call,
+    resolve_interpret,
+)
 
 _SQ = pl.squeezed
-
-
-def _mm(a, b, ta: bool = False, tb: bool = False) -> jax.Array:
-    """a @ b with optional transposes, float32 (or wider) accumulation at full precision."""
-    dims = (((0 if ta else 1,), (1 if tb else 0,)), ((), ()))
-    out = jnp.promote_types(a.dtype, jnp.float32)
-    return lax.dot_general(a, b, dims, precision=lax.Precision.HIGHEST, preferred_element_type=out)
 
 
 def _slab(ref, c, C: int) -> jax.Array:
@@ -73,17 +74,10 @@ def _last_row(ref, c, C: int) -> jax.Array:
     return ref[c * C + C - 1, :][None, :]
 
 
-def _causal(C: int) -> jax.Array:
-    return lax.broadcasted_iota(jnp.int32, (C, C), 0) >= lax.broadcasted_iota(
-        jnp.int32, (C, C), 1
-    )  # [l, s]: l ≥ s
-
-
 def _decays(G, mask, mode: str):
     """W: ``[C, C]`` (head) or ``[C, C, K]`` (channel) e^{G_l − G_s} on l ≥ s, 0 above."""
     if mode == "head":
-        diff = G - G.T  # [C, 1] − [1, C]
-        return jnp.exp(jnp.where(mask, diff, -jnp.inf))
+        return head_decays(G, mask)
     diff = G[:, None, :] - G[None, :, :]  # [C, C, K]
     return jnp.exp(jnp.where(mask[:, :, None], diff, -jnp.inf))
 
@@ -91,9 +85,9 @@ def _decays(G, mask, mode: str):
 def _scores(q, k, W, mask, mode: str):
     """A[l, s] = Σ_k q_lk k_sk W_lsk, masked causal."""
     if mode == "none":
-        return jnp.where(mask, _mm(q, k, tb=True), 0.0)
+        return jnp.where(mask, mm(q, k, tb=True), 0.0)
     if mode == "head":
-        return _mm(q, k, tb=True) * W
+        return mm(q, k, tb=True) * W
     return jnp.sum(q[:, None, :] * k[None, :, :] * W, axis=-1)
 
 
@@ -108,7 +102,7 @@ def _forward_kernel(*refs, C: int, mode: str, save: bool):
         g_ref = None
     else:
         q_ref, k_ref, v_ref, g_ref, s0_ref, o_ref, sl_ref, *rest = refs
-    mask = _causal(C)
+    mask = causal_mask(C)
 
     def chunk(c, S):
         if save:
@@ -116,14 +110,14 @@ def _forward_kernel(*refs, C: int, mode: str, save: bool):
         q, k, v = _slab(q_ref, c, C), _slab(k_ref, c, C), _slab(v_ref, c, C)
         if g_ref is None:
             A = _scores(q, k, None, mask, mode)
-            o = _mm(A, v) + _mm(q, S)
-            S = S + _mm(k, v, ta=True)
+            o = mm(A, v) + mm(q, S)
+            S = S + mm(k, v, ta=True)
         else:
             G = _slab(g_ref, c, C)  # [C, Kg]
             A = _scores(q, k, _decays(G, mask, mode), mask, mode)
-            o = _mm(A, v) + _mm(q * jnp.exp(G), S)
+            o = mm(A, v) + mm(q * jnp.exp(G), S)
             last = _last_row(g_ref, c, C)  # [1, Kg]
-            S = jnp.exp(_col(last)) * S + _mm(k * jnp.exp(last - G), v, ta=True)
+            S = jnp.exp(_col(last)) * S + mm(k * jnp.exp(last - G), v, ta=True)
         o_ref[pl.ds(pl.multiple_of(c * C, C), C), :] = o.astype(o_ref.dtype)
         return S
 
@@ -139,7 +133,7 @@ def _backward_kernel(*refs, C: int, mode: str):
     else:
         (q_ref, k_ref, v_ref, g_ref, ss_ref, do_ref, dsl_ref,
          dq_ref, dk_ref, dv_ref, dg_ref, ds0_ref) = refs  # fmt: skip
-    mask = _causal(C)
+    mask = causal_mask(C)
     n_chunks = q_ref.shape[0] // C
 
     def chunk(i, dS_next):
@@ -147,15 +141,15 @@ def _backward_kernel(*refs, C: int, mode: str):
         rows = pl.ds(pl.multiple_of(c * C, C), C)
         q, k, v, do = _slab(q_ref, c, C), _slab(k_ref, c, C), _slab(v_ref, c, C), do_ref[rows, :]
         S = ss_ref[c]  # [K, V], the state entering the chunk
-        dA = jnp.where(mask, _mm(do, v, tb=True), 0.0)  # [C, C]
-        X = _mm(do, S, tb=True)  # ∂o Sᵀ [C, K]
-        Y = _mm(v, dS_next, tb=True)  # v ∂S'ᵀ [C, K]
+        dA = jnp.where(mask, mm(do, v, tb=True), 0.0)  # [C, C]
+        X = mm(do, S, tb=True)  # ∂o Sᵀ [C, K]
+        Y = mm(v, dS_next, tb=True)  # v ∂S'ᵀ [C, K]
         if g_ref is None:
             A = _scores(q, k, None, mask, mode)
-            dq = _mm(dA, k) + X
-            dk = _mm(dA, q, ta=True) + Y
-            dv = _mm(A, do, ta=True) + _mm(k, dS_next)
-            dS = dS_next + _mm(q, do, ta=True)
+            dq = mm(dA, k) + X
+            dk = mm(dA, q, ta=True) + Y
+            dv = mm(A, do, ta=True) + mm(k, dS_next)
+            dS = dS_next + mm(q, do, ta=True)
         else:
             G = _slab(g_ref, c, C)  # [C, Kg]
             W = _decays(G, mask, mode)
@@ -165,8 +159,8 @@ def _backward_kernel(*refs, C: int, mode: str):
             A = _scores(q, k, W, mask, mode)
             if mode == "head":
                 P = dA * W
-                dq = _mm(P, k)
-                dk = _mm(P, q, ta=True)
+                dq = mm(P, k)
+                dk = mm(P, q, ta=True)
                 Z = dA * A  # ∂/∂(G_l − G_s) of the intra scores
                 dG = jnp.sum(Z, axis=1, keepdims=True) - jnp.sum(Z.T, axis=1, keepdims=True)
             else:
@@ -177,7 +171,7 @@ def _backward_kernel(*refs, C: int, mode: str):
                 dG = jnp.sum(Z, axis=1) - jnp.sum(Z, axis=0)
             dq = dq + E * X
             dk = dk + to_end * Y
-            dv = _mm(A, do, ta=True) + _mm(kt, dS_next)
+            dv = mm(A, do, ta=True) + mm(kt, dS_next)
             red = (lambda x: jnp.sum(x, axis=1, keepdims=True)) if mode == "head" else (lambda x: x)
             dG = dG + red(q * E * X) - red(kt * Y)
             end_row = jnp.sum(kt * Y, axis=0, keepdims=True)  # [1, K]
@@ -186,7 +180,7 @@ def _backward_kernel(*refs, C: int, mode: str):
             )  # [1, Kg]
             is_last = lax.broadcasted_iota(jnp.int32, (C, 1), 0) == C - 1
             dG = dG + jnp.where(is_last, end_row, 0.0)
-            dS = jnp.exp(_col(last)) * dS_next + _mm(q * E, do, ta=True)
+            dS = jnp.exp(_col(last)) * dS_next + mm(q * E, do, ta=True)
             assert dg_ref is not None
             dg_ref[rows, :] = dG.astype(dg_ref.dtype)
         dq_ref[rows, :] = dq.astype(dq_ref.dtype)

@@ -8,8 +8,9 @@ One recurrence, three ways to compute it (they agree to float32 round-off):
   quadratic "attention" form), each chunk's final state, a scan over chunks passing the
   states, and the incoming state's contribution to each chunk's outputs. Linear in L and
   dominated by matmuls.
-- ``"pallas"``: the chunked form as Pallas kernels (``jaxdiv.models.kernels.ssd``, the
-  per-head-decay linear-attention kernels with grouped B, C; custom VJP); interpret mode on CPU.
+- ``"pallas"``: the chunked form as Pallas kernels (``jaxdiv.models.kernels.ssd``; custom
+  VJP) that read x and write y in x's dtype and layout, forming Δ x and adding D x on chip;
+  interpret mode on CPU.
 
 Decay is kept in log space: a_t = Δ_t A ≤ 0. Inside a chunk only the *segment sums*
 Σ_{s<k≤t} a_k appear (built by masked cumulative sums, −∞ above the diagonal before the
@@ -212,12 +213,14 @@ def ssd(
     per-head skip. ``"recurrent"`` runs the recurrence with ``lax.scan``; ``"chunked"`` the SSD
     block decomposition (intra-chunk quadratic form, chunk states, a scan passing states between
     chunks, the incoming state's output term). ``"pallas"`` is the chunked form as Pallas
-    kernels (``jaxdiv.models.kernels.ssd``): grid over (batch, heads), the state carried
-    across chunks inside the kernel, a backward kernel over the chunks in reverse from
+    kernels (``jaxdiv.models.kernels.ssd``): grid over (batch, blocks of heads), the state
+    carried across chunks inside the kernel, x read and y written once in x's dtype and layout
+    (Δ x and D x formed on chip), a backward kernel over the chunks in reverse from
     checkpointed chunk states (custom VJP, reverse mode only); interpret mode on CPU (slow: for
-    checking), not yet compiled or measured on TPU/GPU, so it is opt-in and the default stays
-    ``"chunked"``. All math runs in float32 at least, whatever the input dtype. L need not be
-    a multiple of ``chunk_size`` (the tail is padded with Δ = 0, an identity step).
+    checking). It lowers for TPU and GPU but has not been compiled or measured on one, so it is
+    opt-in and the default stays ``"chunked"``. All math runs in float32 at least, whatever the
+    input dtype. L need not be a multiple of ``chunk_size`` (the tail is padded with Δ = 0, an
+    identity step).
 
     Args:
       x: input ``[b, L, h, p]``.
@@ -259,17 +262,17 @@ def ssd(
     b, L, h, p = x.shape
     g, n = B.shape[-2:]
     r = h // g
+    S0 = jnp.zeros((b, h, p, n), dtype) if S0 is None else S0.astype(dtype)
+    if method == "pallas":  # reads x and writes y in x's dtype and layout, D x included
+        y, S = _kernels.ssd_op_layout(x, dt, A, B, C, D, S0, chunk_size=T)
+        return (y, S) if return_final_state else y
     xf = x.astype(dtype).reshape(b, L, g, r, p)
     dtf = dt.astype(dtype).reshape(b, L, g, r)
     Af = A.astype(dtype).reshape(g, r)
     Bf, Cf = B.astype(dtype), C.astype(dtype)
-    S0 = (
-        jnp.zeros((b, g, r, p, n), dtype) if S0 is None else S0.astype(dtype).reshape(b, g, r, p, n)
-    )
+    S0 = S0.reshape(b, g, r, p, n)
     if method == "recurrent":
         y, S = _recurrent(xf, dtf, Af, Bf, Cf, S0)
-    elif method == "pallas":
-        y, S = _kernels.ssd_grouped(xf, dtf, Af, Bf, Cf, S0, chunk_size=T)
     else:
         y, S = _chunked(xf, dtf, Af, Bf, Cf, S0, max(1, min(T, L)))
     y = y.reshape(b, L, h, p)

@@ -147,3 +147,41 @@ def test_benchmark_counters_scale_loops_by_their_trip_counts():
     assert cost.xla_flops < 2 * 2 * 64**3  # the body once
     assert 0.9 <= cost.bytes_untripped / cost.xla_bytes <= 1.1
     assert cost.bytes > 50 * cost.bytes_untripped
+
+
+def test_kernel_traffic_counts_every_block_once_per_grid_program():
+    """Counted by hand from the BlockSpecs of the no-decay linear-attention forward kernel:
+    per (batch, head) program it reads q, k, v ``[L, K]`` and S_0 ``[K, V]`` and writes o
+    ``[L, V]`` and S_L, float32; 2 heads, 2 programs."""
+    accelerators = pytest.importorskip("benchmarks.accelerators")
+    from jaxdiv.models.kernels.linear_attention import linear_attention as kernel
+
+    Lq, K = 64, 16
+    q = _spec(1, Lq, 2, K)
+    jaxpr = jax.make_jaxpr(lambda q: kernel(q, q, q, chunk_size=16))(q).jaxpr
+    per_program = (3 * Lq * K + K * K + Lq * K + K * K) * 4
+    assert accelerators.kernel_traffic(jaxpr) == 2 * per_program
+
+
+def test_kernel_stand_ins_compile_without_the_kernels_and_leave_no_trace_behind():
+    """``measure_with_kernels``: the kernels' FLOPs from their bodies, their bytes from their
+    blocks, no loop of the interpreter in the compiled program; afterwards the op still
+    computes (no stand-in cached into a later trace)."""
+    accelerators = pytest.importorskip("benchmarks.accelerators")
+    from jaxdiv.models.kernels._common import kernels_as_stand_ins
+
+    def fn(q):
+        return linear_attention(q, q, q, method="pallas", chunk_size=16)
+
+    q = jax.random.normal(jax.random.key(0), (1, 64, 2, 16))
+    cost = accelerators.measure_with_kernels(fn, q)
+    interpreted = jax.make_jaxpr(fn)(q).jaxpr
+    assert cost.kernel_bytes == accelerators.kernel_traffic(interpreted) > 0
+    assert cost.bytes > cost.kernel_bytes  # plus the XLA ops around the kernel
+    assert cost.steps == 0  # the interpreter's grid and chunk loops are gone
+    # per head and chunk of 16: q kᵀ, A v, q S, kᵀ v, each 2·16³ (by hand), 2 heads × 4 chunks
+    assert cost.dot_flops == 2 * 4 * 4 * 2 * 16**3
+    with kernels_as_stand_ins():
+        assert not jnp.any(jax.jit(lambda q: fn(q))(q))  # a stand-in computes nothing
+    expected = linear_attention(q, q, q, method="chunked", chunk_size=16)
+    assert jnp.allclose(jax.jit(fn)(q), expected, atol=1e-4)

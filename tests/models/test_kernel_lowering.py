@@ -48,7 +48,7 @@ def _with_grads(fn, n_args):
     """(outputs, gradients w.r.t. every argument) of a scalar of all of ``fn``'s outputs."""
 
     def loss(*args):
-        return sum(jnp.sum(jnp.sin(o)) for o in fn(*args))
+        return sum(jnp.sum(jnp.sin(o.astype(jnp.float32))) for o in fn(*args))
 
     return lambda *args: (fn(*args), jax.grad(loss, tuple(range(n_args)))(*args))
 
@@ -85,8 +85,18 @@ CASES = {
         )
         for decay in ("none", "head", "channel")
     },
-    # 4 heads in 2 groups of B, C: the grouped index maps
-    "ssd": (_ssd, (_f32(B, L, 4, V), _f32(B, L, 4), _f32(4), _f32(B, L, 2, N), _f32(B, L, 2, N))),
+    # 4 heads of 64 in 2 groups of B, C: 2 heads a program (128 lanes), grouped index maps;
+    # x in bfloat16 (read and written as is)
+    "ssd": (
+        _ssd,
+        (
+            jax.ShapeDtypeStruct((B, L, 4, 64), jnp.bfloat16),
+            _f32(B, L, 4),
+            _f32(4),
+            _f32(B, L, 2, N),
+            _f32(B, L, 2, N),
+        ),
+    ),
 }
 
 

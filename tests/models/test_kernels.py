@@ -223,6 +223,8 @@ SSD_CASES = {
     "g2_L13_chunk4_D_S0": ((2, 13, 4, 3, 2, 4), 4, True),
     "g1_L6_one_short_chunk": ((1, 6, 2, 2, 1, 3), 64, False),
     "g4_h4_L9_chunk8": ((1, 9, 4, 2, 4, 2), 8, False),
+    # p = 32: 4 heads per program (128 lanes), one group
+    "g1_4_heads_a_program_L11_chunk8": ((1, 11, 4, 32, 1, 3), 8, True),
 }
 
 
