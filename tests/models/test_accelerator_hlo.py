@@ -78,6 +78,12 @@ CASES = [
         1 * L * 2 * 16 * 16,
     ),
     (
+        "ssd pallas (the Pallas interpreter's program)",
+        lambda x, dt, A, B, C: ssd(x, dt, A, B, C, method="pallas"),
+        (_spec(1, L, 2, 16), _spec(1, L, 2), _spec(2), _spec(1, L, 1, 16), _spec(1, L, 1, 16)),
+        1 * L * 2 * 16 * 16,
+    ),
+    (
         "linear_attention chunked (per-head decay)",
         lambda q, k, v, g: linear_attention(q, k, v, log_decay=g, method="chunked"),
         (_spec(1, L, 2, 32), _spec(1, L, 2, 32), _spec(1, L, 2, 32), _spec(1, L, 2)),
