@@ -16,9 +16,11 @@ The roofline times are *estimates* for machines we do not have, with their assum
    ``"auto"``'s pick on an NVIDIA GPU for these unmasked bf16 inputs, is a GPU custom call
    that the CPU cannot compile, so it has no row.
 2. Scan ops alone at the same sizes (bfloat16 inputs, state math in float32 as the ops do):
-   ``selective_scan`` chunked / sequential and Mamba-2's ``ssd`` chunked (32 heads of 64
-   channels, one group of B, C), forward and forward+backward, next to the CUDA Mamba
-   selective-scan kernel's bound (one kernel reading u, Δ, B, C and writing y).
+   ``selective_scan`` chunked / sequential / pallas and Mamba-2's ``ssd`` chunked / pallas (32
+   heads of 64 channels, one group of B, C), forward and forward+backward, next to the CUDA
+   Mamba selective-scan kernel's bound (one kernel reading u, Δ, B, C and writing y). The
+   Pallas rows cannot be compiled here: :func:`measure_with_kernels` counts their kernels'
+   traffic from the BlockSpecs and compiles the program around them.
 3. Chunked SSD vs the sequential selective scan with the same state size (D·N), timed on this
    CPU at L = 4096 in the same process.
 
@@ -544,7 +546,7 @@ def _blocks(section: harness.Section, batch: int, length: int) -> list[Cost]:
     return costs
 
 
-PALLAS_SSD_LABEL = "ssd pallas (kernels' traffic from their BlockSpecs; never run on a device)"
+PALLAS_LABEL = "pallas (kernels' traffic from their BlockSpecs; never run on a device)"
 
 
 def _ops(section: harness.Section, batch: int, length: int) -> dict:
@@ -565,11 +567,11 @@ def _ops(section: harness.Section, batch: int, length: int) -> dict:
         for pass_name, f in (("fwd", fn), ("fwd+bwd", fwd_bwd(fn))):
             costs[name, pass_name] = measure(f, *args)
             table.add(op=name, **{"pass": pass_name}, **_cells(costs[name, pass_name]))
-    pallas = ssd_fn("pallas")
-    for pass_name, f in (("fwd", pallas), ("fwd+bwd", fwd_bwd(pallas))):
-        costs["ssd pallas", pass_name] = measure_with_kernels(f, *ssd_args(batch, length, channels))
-        cells = _cells(costs["ssd pallas", pass_name])
-        table.add(op=PALLAS_SSD_LABEL, **{"pass": pass_name}, **cells)
+    for op, fn_of, args_of in (("selective_scan", scan_fn, scan_args), ("ssd", ssd_fn, ssd_args)):
+        pallas, args = fn_of("pallas"), args_of(batch, length, channels)
+        for pass_name, f in (("fwd", pallas), ("fwd+bwd", fwd_bwd(pallas))):
+            costs[f"{op} pallas", pass_name] = cost = measure_with_kernels(f, *args)
+            table.add(op=f"{op} {PALLAS_LABEL}", **{"pass": pass_name}, **_cells(cost))
     ref = cuda_reference(batch, length, channels)
     for pass_name, flops, nbytes in (("fwd", *ref[:2]), ("fwd+bwd (est.)", *ref[2:])):
         cost = Cost(flops, 0, nbytes, nbytes, math.nan, math.nan, 0, 0, math.nan)
@@ -691,6 +693,18 @@ def run(quick: bool) -> harness.Section:
         ""
         if met
         else _kernel_reason(*(ops[k, "fwd"] for k in ("ssd pallas", "ssd chunked", "cuda"))),
+    )
+    scan = {m: ops[f"selective_scan {m}", "fwd+bwd"] for m in ("sequential", "chunked", "pallas")}
+    scan_h100 = {m: c.roofline(h100)[0] * 1e3 for m, c in scan.items()}
+    section.note(
+        "Mamba's selective scan, forward+backward on the H100 estimate: sequential (`auto`) "
+        f"{scan_h100['sequential']:.3f} ms ({scan['sequential'].bytes / 1e9:.2f} GB, "
+        f"{scan['sequential'].steps} loop steps), chunked {scan_h100['chunked']:.3f} ms "
+        f"({scan['chunked'].bytes / 1e9:.2f} GB), pallas {scan_h100['pallas']:.3f} ms "
+        f"({scan['pallas'].bytes / 1e9:.2f} GB, of which its kernels "
+        f"{scan['pallas'].kernel_bytes / 1e9:.2f} GB; the rest are the float32 casts, Δ's "
+        "softplus and the gate around them). `auto` stays on the sequential scan until the "
+        "kernels have been measured on a device."
     )
     pallas = ops["ssd pallas", "fwd"]
     section.note(
