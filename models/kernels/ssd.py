@@ -23,15 +23,17 @@ nor y is transposed or cast in HBM; Δ x is formed on chip in float32. B and C (
 (heads-major ``[b, h, L, 1]``, float32, h·4 bytes a token each) by their heads' programs.
 
 Grid (batch, head blocks); the state ``[n, p]`` of each of the program's hb heads is a
-``lax.fori_loop`` carry. hb = 128 / p when p divides 128 (and hb divides the heads per group),
-else 1, so that on TPU a block's last dimension is a multiple of the 128 lanes (or all of h·p);
-the (8, 128) rule also wants L a multiple of 8 (T a multiple of 8 does it). On GPU (Triton) p,
-n and T should be powers of two ≥ 16 for ``tl.dot``. For the backward pass the forward kernel
-writes the state entering every chunk (``[b, h, L/T, n, p]`` float32); the backward kernel runs
-the chunks in reverse from them, writing ∂x in x's dtype, ∂Δ, ∂G and per-head ∂B, ∂C (summed
-over each group outside). G's cumulative sum, its gradient to Δ and A, the D x skip and the
-group sums are ordinary JAX around the kernels. Lowering for TPU (Mosaic) and GPU (Triton)
-is checked on a CPU host (``tests/models/test_kernel_lowering.py``); no device has run them.
+``lax.fori_loop`` carry. hb = 128 / p when p divides 128 and the program's heads share one
+group or cover whole groups (its B, C block then holds hb / r groups), else 1, so that on TPU a
+block's last dimension is a multiple of the 128 lanes (or all of h·p); the (8, 128) rule also
+wants L a multiple of 8 (T a multiple of 8 does it). On GPU (Triton) p, n and T should be
+powers of two ≥ 16 for ``tl.dot`` (hb = 1 with p < 128 does not lower for TPU). For the
+backward pass the forward kernel writes the state entering every chunk (``[b, h, L/T, n, p]``
+float32); the backward kernel runs the chunks in reverse from them, writing ∂x in x's dtype,
+∂Δ, ∂G and per-head ∂B, ∂C (summed over each group outside). G's cumulative sum, its gradient
+to Δ and A, the D x skip and the group sums are ordinary JAX around the kernels. Lowering for
+TPU (Mosaic) and GPU (Triton) is checked on a CPU host
+(``tests/models/test_kernel_lowering.py``); no device has run them.
 """
 
 # b batch, L length (Lp padded to a multiple of T), h heads, p head dim, g groups, r = h / g,
@@ -58,15 +60,17 @@ from jaxdiv.models.kernels._common import (
 _SQ = pl.squeezed
 
 
-def _heads_per_block(p: int, r: int) -> int:
-    """hb: heads per program, 128 / p lanes' worth when p divides 128 and hb divides r."""
+def _heads_per_block(h: int, p: int, r: int) -> int:
+    """hb: heads per program, 128 / p lanes' worth when p divides 128, hb divides h and a
+    program's heads are within one group or cover whole groups (hb divides r or r divides hb);
+    else 1."""
     hb = 128 // p if p < 128 and 128 % p == 0 else 1
-    return hb if r % hb == 0 else 1
+    return hb if h % hb == 0 and (r % hb == 0 or hb % r == 0) else 1
 
 
 def _forward_kernel(
     x_ref, dt_ref, g_ref, b_ref, c_ref, d_ref, s0_ref, y_ref, sl_ref, *states_ref,
-    T: int, hb: int, p: int,
+    T: int, hb: int, p: int, r: int,
 ):  # fmt: skip
     mask = causal_mask(T)
     n_chunks = x_ref.shape[0] // T
@@ -79,7 +83,7 @@ def _forward_kernel(
             if states_ref:
                 states_ref[0][i, c] = S  # the state entering chunk c
             rows = pl.ds(pl.multiple_of(c * T, T), T)
-            q, k = c_ref[rows, :].astype(f32), b_ref[rows, :].astype(f32)  # C, B [T, n]
+            q, k = c_ref[i // r, rows, :].astype(f32), b_ref[i // r, rows, :].astype(f32)
             x = x_ref[rows, cols].astype(f32)  # [T, p]
             v = x * dt_ref[i, rows, :]  # Δ x
             G = g_ref[i, rows, :]  # [T, 1]
@@ -95,7 +99,7 @@ def _forward_kernel(
 
 def _backward_kernel(
     x_ref, dt_ref, g_ref, b_ref, c_ref, d_ref, states_ref, dy_ref, dsl_ref,
-    dx_ref, ddt_ref, dg_ref, db_ref, dc_ref, dd_ref, ds0_ref, *, T: int, hb: int, p: int,
+    dx_ref, ddt_ref, dg_ref, db_ref, dc_ref, dd_ref, ds0_ref, *, T: int, hb: int, p: int, r: int,
 ):  # fmt: skip
     mask = causal_mask(T)
     n_chunks = x_ref.shape[0] // T
@@ -110,7 +114,7 @@ def _backward_kernel(
             dS_next, dD = carry  # ∂ of the state leaving the chunk, ∂D so far [1, 1]
             c = n_chunks - 1 - j
             rows = pl.ds(pl.multiple_of(c * T, T), T)
-            q, k = c_ref[rows, :].astype(f32), b_ref[rows, :].astype(f32)  # [T, n]
+            q, k = c_ref[i // r, rows, :].astype(f32), b_ref[i // r, rows, :].astype(f32)
             x, dt = x_ref[rows, cols].astype(f32), dt_ref[i, rows, :]  # [T, p], [T, 1]
             v, dy = x * dt, dy_ref[rows, cols].astype(f32)  # Δ x, ∂y [T, p]
             S = states_ref[i, c]  # [n, p], the state entering the chunk
@@ -149,7 +153,8 @@ def _specs(Lp: int, p: int, n: int, hb: int, r: int):
     the group's B / C, per-head states."""
     cols = pl.BlockSpec((_SQ, Lp, hb * p), lambda b, j: (b, 0, j))  # x, y, ∂y, ∂x [b, L, h·p]
     rows = pl.BlockSpec((_SQ, hb, Lp, 1), lambda b, j: (b, j, 0, 0))  # Δ, G [b, h, L, 1]
-    group = pl.BlockSpec((_SQ, _SQ, Lp, n), lambda b, j: (b, j * hb // r, 0, 0))  # [b, g, L, n]
+    gb = max(1, hb // r)  # groups a program reads: its heads' (head i: group i // r in it)
+    group = pl.BlockSpec((_SQ, gb, Lp, n), lambda b, j: (b, j * hb // (r * gb), 0, 0))
     per_head = pl.BlockSpec((_SQ, hb, Lp, n), lambda b, j: (b, j, 0, 0))  # ∂B, ∂C [b, h, L, n]
     state = pl.BlockSpec((_SQ, hb, n, p), lambda b, j: (b, j, 0, 0))  # [b, h, n, p]
     skip = pl.BlockSpec((hb, 1, 1), lambda b, j: (j, 0, 0))  # D [h, 1, 1]
@@ -166,7 +171,7 @@ def _forward(x, dt, G, B, C, D, S0, *, T, hb, r, interpret, save):
         out_shape.append(jax.ShapeDtypeStruct((b, h, Lp // T, n, p), S0.dtype))
         out_specs.append(pl.BlockSpec((_SQ, hb, Lp // T, n, p), lambda b, j: (b, j, 0, 0, 0)))
     return pallas_call(
-        functools.partial(_forward_kernel, T=T, hb=hb, p=p),
+        functools.partial(_forward_kernel, T=T, hb=hb, p=p, r=r),
         out_shape=tuple(out_shape),
         grid=(b, h // hb),
         in_specs=[cols, rows, rows, group, group, skip, state],
@@ -186,7 +191,7 @@ def _backward(x, dt, G, B, C, D, states, dy, dSL, *, T, hb, r, interpret):
     per_head_n = jax.ShapeDtypeStruct((b, h, Lp, n), f32)
     heads_rows = jax.ShapeDtypeStruct(dt.shape, f32)
     dx, ddt, dG, dB, dC, dD, dS0 = pallas_call(
-        functools.partial(_backward_kernel, T=T, hb=hb, p=p),
+        functools.partial(_backward_kernel, T=T, hb=hb, p=p, r=r),
         out_shape=(
             jax.ShapeDtypeStruct(x.shape, x.dtype),
             heads_rows,
@@ -264,7 +269,7 @@ def ssd_op_layout(
     skip = jnp.zeros((h, 1, 1), f32) if D is None else D.astype(f32).reshape(h, 1, 1)
     y, SL = _padded(
         xp, dt_h, G, group_rows(B), group_rows(C), skip, jnp.swapaxes(S0, 2, 3),
-        T, _heads_per_block(p, r), r, interp,
+        T, _heads_per_block(h, p, r), r, interp,
     )  # fmt: skip
     return y.reshape(b, Lp, h, p)[:, :L], jnp.swapaxes(SL, 2, 3)
 

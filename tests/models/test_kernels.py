@@ -225,6 +225,8 @@ SSD_CASES = {
     "g4_h4_L9_chunk8": ((1, 9, 4, 2, 4, 2), 8, False),
     # p = 32: 4 heads per program (128 lanes), one group
     "g1_4_heads_a_program_L11_chunk8": ((1, 11, 4, 32, 1, 3), 8, True),
+    # p = 32, a group per head: each program reads the 4 groups of its 4 heads
+    "g4_4_groups_a_program_L9_chunk8": ((1, 9, 4, 32, 4, 3), 8, False),
 }
 
 
