@@ -3,8 +3,8 @@
 - ``selective_scan``: Mamba's S6 recurrence (``jaxdiv.models.ssm.selective_scan``);
 - ``linear_attention``: chunked linear attention with no, per-head or per-key-channel decay
   (``jaxdiv.models.attention.linear``);
-- ``ssd``: Mamba-2 state-space duality (``jaxdiv.models.ssm.ssd``), the per-head-decay case of
-  the linear-attention kernels with grouped B and C.
+- ``ssd``: Mamba-2 state-space duality (``jaxdiv.models.ssm.ssd``), the per-head-decay chunked
+  recurrence on x's own layout and dtype, B and C per group.
 
 Every kernel has a hand-written backward kernel wired with ``jax.custom_vjp``. On CPU they run
 in Pallas interpret mode (``interpret=None`` resolves to ``jax.default_backend() == "cpu"``)
