@@ -65,8 +65,7 @@ def pallas_call(kernel, *, grid: tuple[int, ...], interpret: bool | str, **kwarg
     from jax.experimental.pallas import triton as pltriton
 
     def with_params(params):
-        call = pl.pallas_call(kernel, grid=grid, compiler_params=params, **kwargs)
-        return lambda *args: call(*args)
+        return pl.pallas_call(kernel, grid=grid, compiler_params=params, **kwargs)
 
     tpu = pltpu.CompilerParams(dimension_semantics=("parallel",) * len(grid))
     triton = with_params(pltriton.CompilerParams(num_warps=4, num_stages=1))
