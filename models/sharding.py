@@ -101,6 +101,13 @@ def sequence_mesh(axis_name: str | None):
     return mesh
 
 
+def jit_shard_map(body, *, mesh, in_specs, out_specs):
+    """``jax.shard_map`` under ``jax.jit``: inside a traced program the two are one, and an eager
+    call compiles the per-shard body once instead of dispatching it op by op (a local scan of
+    L/W steps, eagerly, costs minutes on CPU)."""
+    return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=out_specs))
+
+
 def shard_layout(mesh, axis_name: str, length: int, batch: int, inner: int | None):
     """(batch axes, inner axis) for PartitionSpecs, after checking the sizes divide.
 

@@ -16,6 +16,11 @@ _COMPILATION_CACHE = tempfile.mkdtemp(prefix="jaxdiv-test-xla-cache-")
 atexit.register(shutil.rmtree, _COMPILATION_CACHE, ignore_errors=True)
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _COMPILATION_CACHE)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+# Tests run tiny programs, so XLA's optimising passes cost more than they save: without them a
+# train run takes two thirds of the time (measured on the train tests). Semantics are the same;
+# tests about what the optimised program contains ask for it with `xla_optimized`. Subprocesses
+# inherit this; the README's main job and the benchmarks run fully optimised.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -60,6 +65,15 @@ def allow_rank_promotion():
     jax.config.update("jax_numpy_rank_promotion", "allow")
     yield
     jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+@pytest.fixture
+def xla_optimized():
+    """Compiles with XLA's optimisations on (fusion, LLVM passes), as users' programs are."""
+    previous = jax.config.values["jax_disable_most_optimizations"]
+    jax.config.update("jax_disable_most_optimizations", False)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)
 
 
 @pytest.fixture

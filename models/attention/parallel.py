@@ -12,7 +12,7 @@ from jax import lax
 from jax.sharding import PartitionSpec as P_
 
 from jaxdiv import checks
-from jaxdiv.models.sharding import exclusive_prefix, shard_layout
+from jaxdiv.models.sharding import exclusive_prefix, jit_shard_map, shard_layout
 
 from .lightnet import LightNetState, lightnet_attention
 from .linear import (
@@ -147,7 +147,7 @@ def lasp2_linear_attention(
             chunk_size=chunk_size,
         )
 
-    o = jax.shard_map(body, mesh=mesh, in_specs=tuple(specs), out_specs=spec)(*args)
+    o = jit_shard_map(body, mesh=mesh, in_specs=tuple(specs), out_specs=spec)(*args)
     return o.astype(v.dtype)  # [B, L, H, V]
 
 
@@ -257,7 +257,7 @@ def lasp2_lightnet_attention(
             q, k, v, axis_name=axis_name, causal=causal, scale=scale, chunk_size=chunk_size
         )
 
-    o = jax.shard_map(body, mesh=mesh, in_specs=(spec,) * 3, out_specs=spec)(
+    o = jit_shard_map(body, mesh=mesh, in_specs=(spec,) * 3, out_specs=spec)(
         *(x.astype(dtype) for x in (q, k, v))
     )
     return o.astype(v.dtype)  # [B, L, H, V]
@@ -344,4 +344,4 @@ def lasp2h_attention(
             q, k, v, causal=True, scale=scale, where=where, implementation=implementation
         )
 
-    return jax.shard_map(body, mesh=mesh, in_specs=(spec,) * 3, out_specs=spec)(q, k, v)
+    return jit_shard_map(body, mesh=mesh, in_specs=(spec,) * 3, out_specs=spec)(q, k, v)

@@ -14,7 +14,7 @@ from jax import lax
 from jax.sharding import PartitionSpec as P_
 
 from jaxdiv import checks
-from jaxdiv.models.sharding import exclusive_prefix, shard_layout
+from jaxdiv.models.sharding import exclusive_prefix, jit_shard_map, shard_layout
 
 from . import s4_ops as sk
 from .selective_scan import selective_scan
@@ -218,7 +218,7 @@ def sequence_parallel_selective_scan(
             chunk_size=chunk_size,
         )
 
-    y = jax.shard_map(body, mesh=mesh, in_specs=tuple(specs), out_specs=seq)(*args)
+    y = jit_shard_map(body, mesh=mesh, in_specs=tuple(specs), out_specs=seq)(*args)
     return y.astype(u.dtype)  # [B, L, D]
 
 
@@ -413,7 +413,7 @@ def sequence_parallel_s4(
         return _s4_local(u, Lambda, Bm, C, log_dt, D, P, axis_name=axis_name)
 
     seq = P_(batch, axis_name, tensor)
-    return jax.shard_map(body, mesh=mesh, in_specs=tuple(specs), out_specs=seq)(*args)
+    return jit_shard_map(body, mesh=mesh, in_specs=tuple(specs), out_specs=seq)(*args)
 
 
 # --- Mamba-2: SSD -------------------------------------------------------------------------------
@@ -531,5 +531,5 @@ def sequence_parallel_ssd(
         D = rest[0] if rest else None
         return _ssd_local(x, dt, A, B, C, D, axis_name=axis_name, chunk_size=T)
 
-    y = jax.shard_map(body, mesh=mesh, in_specs=tuple(specs), out_specs=seq_h)(*args)
+    y = jit_shard_map(body, mesh=mesh, in_specs=tuple(specs), out_specs=seq_h)(*args)
     return y.astype(x.dtype)  # [b, L, h, p]

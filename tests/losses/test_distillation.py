@@ -166,7 +166,7 @@ def test_fused_errors():
         fused_linear_divergence(hs, ws, ht, wt, chunk_size=0)
 
 
-def test_fused_memory_is_chunked():
+def test_fused_memory_is_chunked(xla_optimized):
     """The compiled value+grad holds [chunk, V] logits, not [N, V] (compile-level check)."""
     inputs = _fused_inputs(n=4096, ds=32, dt=32, v=2048)
     full_logits = 4096 * 2048 * 4

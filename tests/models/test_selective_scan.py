@@ -190,7 +190,7 @@ def test_jit_traces_once_per_shape():
     f(x["u"] + 1.0, x["delta"] * 0.5, x["A"], x["B"], -x["C"])
 
 
-def test_default_cpu_method_does_not_materialise_bldn():
+def test_default_cpu_method_does_not_materialise_bldn(xla_optimized):
     """Forward and backward temporaries of "auto" on CPU stay below one [B, L, D, N] array
     (the associative form, which materialises it, is the positive control)."""
     x = make_inputs(seed=6, length=1024, channels=32, state=16, dtype=np.float32)

@@ -302,7 +302,11 @@ def test_sigterm_then_rerun_is_bitwise_equal_to_uninterrupted(data, tmp_path):
     metrics = tmp_path / "cut" / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= stop_after:
+        # Counted in logged steps, not lines: an eval record shares its step's number.
+        if (
+            metrics.exists()
+            and max((r["step"] for r in read_metrics(metrics.parent)), default=0) >= stop_after
+        ):
             proc.send_signal(signal.SIGTERM)
             break
         time.sleep(0.05)
