@@ -85,13 +85,13 @@ CASES = {
         )
         for decay in ("none", "head", "channel")
     },
-    # 4 heads of 64 in 2 groups of B, C: 2 heads a program (128 lanes), grouped index maps;
-    # x in bfloat16 (read and written as is)
     # a group per head (r = 1): each program reads its 2 heads' 2 groups
     "ssd[group per head]": (
         _ssd,
         (_f32(B, L, 4, 64), _f32(B, L, 4), _f32(4), _f32(B, L, 4, N), _f32(B, L, 4, N)),
     ),
+    # 4 heads of 64 in 2 groups of B, C: 2 heads a program (128 lanes), grouped index maps;
+    # x in bfloat16 (read and written as is)
     "ssd": (
         _ssd,
         (
